@@ -1,0 +1,61 @@
+"""UploadJob: the one type that crosses from the SFTP edge into processing.
+
+The edge (or `eams process`) first makes a durable copy of the completed file
+in the spool (`spool_copy`), then hands over an UploadJob; the runner records
+it as a `queued` run before the client's close/rename is answered, so an
+acknowledged upload survives a crash (SPEC §3.1).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from attrs import frozen
+
+
+@frozen
+class UploadJob:
+    district_id: str
+    spool_path: Path
+    size: int
+    received_at: datetime  # UTC, when the upload completed
+    source: str  # "students.csv", "check/students.csv" or "eams process"
+    dry_run: bool = False
+    order_id: str | None = None  # eams process --order (SPEC §5.5)
+
+
+def spool_dir(data: Path, district_id: str) -> Path:
+    return data / "spool" / district_id
+
+
+def spool_copy(source: Path, data: Path, district_id: str) -> tuple[Path, int]:
+    """Copy `source` into the spool durably (fsync file and folder); return (path, size).
+
+    A copy (not a move) so the district's `students.csv` stays where it is:
+    WinSCP sets its time right after the upload and must find it.
+    """
+    folder = spool_dir(data, district_id)
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{uuid.uuid4().hex}.csv"
+    temp = final.with_suffix(".partial")
+    with open(source, "rb") as src, open(temp, "wb") as dst:
+        shutil.copyfileobj(src, dst, 1024 * 1024)
+        dst.flush()
+        os.fsync(dst.fileno())
+        size = dst.tell()
+    os.replace(temp, final)
+    fsync_dir(folder)
+    return final, size
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename in `folder` durable."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)

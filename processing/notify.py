@@ -1,0 +1,161 @@
+"""Emails to districts and operators (SPEC §6.4): pure message building.
+
+A run's email is built here and queued in the run's own transaction
+(`Store.finish_run`), so it exists exactly when the run does. Delivery is the
+outbox sender's job (`processing/sender.py`), never the run's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import format_datetime, make_msgid
+from typing import Any
+
+from processing.config import Config, District
+from processing.plan import PlannedError
+from processing.store import QueuedEmail, utc_now
+
+INLINE_ERRORS = 10
+
+
+def subject_for(result: dict[str, Any], district_name: str) -> str:
+    state = result["state"]
+    if state == "failed":
+        return f"MY Access eAMS: update FAILED for {district_name}"
+    if state == "held":
+        return f"MY Access eAMS: update HELD for {district_name}"
+    if result["errors"]:
+        return (
+            f"MY Access eAMS: update completed with {result['errors']} errors for {district_name}"
+        )
+    return f"MY Access eAMS: update succeeded for {district_name}"
+
+
+def _counts(result: dict[str, Any]) -> list[str]:
+    lines = [
+        f"  rows in the file:  {result['rows']}",
+        f"  added:             {result['added']}",
+        f"  updated:           {result['updated']}",
+        f"  unchanged:         {result['unchanged']}",
+        f"  activated:         {result['activated']}",
+        f"  deactivated:       {result['deactivated']}",
+        f"  transferred:       {result['transferred']}",
+        f"  rejected rows:     {result['errors']}",
+    ]
+    licenses = result.get("licenses")
+    if licenses:
+        lines.append(
+            f"  licenses available on order {licenses['order']}: {licenses['available']} "
+            f"of {licenses['licenses']}"
+        )
+    return lines
+
+
+def _error_lines(errors: Sequence[PlannedError], total: int) -> list[str]:
+    lines = []
+    for error in errors[:INLINE_ERRORS]:
+        where = f"line {error.line}" if error.line is not None else "file"
+        lines.append(f"  {where}: {error.code}: {error.message}")
+    if total > INLINE_ERRORS:
+        lines.append(f"  ... and {total - INLINE_ERRORS} more in the error file")
+    return lines
+
+
+def render_body(result: dict[str, Any], district: District, errors: Sequence[PlannedError]) -> str:
+    run_id = result["run_id"]
+    state = result["state"]
+    errors_path = f"/results/{run_id}.errors.csv"
+    lines = [
+        f"District: {district.name} ({district.id})",
+        f"Run: {run_id}",
+        f"File received: {result['received_at']}",
+        "",
+    ]
+    if state == "failed":
+        problem = result["file_error"] or {}
+        lines += [
+            "The students.csv upload was rejected and NOTHING was applied:",
+            f"  {problem.get('code')}: {problem.get('message')}",
+            "",
+            f"The error file is on the SFTP site at {errors_path}",
+            "Fix the extract and upload students.csv again.",
+        ]
+    elif state == "held":
+        lines += [
+            "The students.csv upload was HELD and nothing was applied:",
+            f"  {result.get('held_reason', '')}",
+            "",
+            "If the file is right, your MY Access account manager can release it "
+            f"(eams approve {run_id}); otherwise fix the extract and upload it again.",
+            "",
+            "What the file would have done:",
+            *_counts(result),
+        ]
+    else:
+        if result["errors"]:
+            lines += [
+                f"The update was applied, but {result['errors']} rows were rejected.",
+                "The other rows were applied:",
+            ]
+        else:
+            lines.append("The update was applied:")
+        lines += ["", *_counts(result)]
+        if result["errors"]:
+            lines += [
+                "",
+                "First rejected rows:",
+                *_error_lines(errors, len(errors)),
+                "",
+                f"Every rejected row is in the error file on the SFTP site at {errors_path}",
+                "Fix these rows in your SIS; the next extract carries the fix.",
+            ]
+    lines += ["", "-- ", "MY Access eAMS (this message was sent automatically)"]
+    return "\n".join(lines) + "\n"
+
+
+def build_message(
+    sender: str,
+    recipients: Sequence[str],
+    subject: str,
+    body: str,
+    *,
+    to: Sequence[str],
+    cc: Sequence[str] = (),
+    now: datetime | None = None,
+) -> bytes:
+    message = EmailMessage(policy=SMTP)
+    message["From"] = sender
+    message["To"] = ", ".join(to) if to else ", ".join(recipients)
+    if cc:
+        message["Cc"] = ", ".join(cc)
+    message["Subject"] = subject
+    message["Date"] = format_datetime(now or utc_now())
+    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "eams.local")
+    message.set_content(body, charset="utf-8")
+    return message.as_bytes()
+
+
+def run_emails(
+    config: Config,
+    district: District,
+    result: dict[str, Any],
+    errors: Sequence[PlannedError],
+) -> list[QueuedEmail]:
+    """The email(s) one finished run queues; none for dry runs or with no recipients."""
+    if result.get("dry_run"):
+        return []
+    state = result["state"]
+    copy_operators = state in ("failed", "held")
+    to = list(district.notify)
+    cc = [a for a in config.operators_notify if a not in to] if copy_operators else []
+    recipients = tuple(to + cc)
+    if not recipients:
+        return []
+    subject = subject_for(result, district.name)
+    body = render_body(result, district, errors)
+    message = build_message(config.sender, recipients, subject, body, to=to, cc=cc)
+    kind = state if state != "done" else ("partial" if result["errors"] else "success")
+    return [QueuedEmail(kind=kind, recipients=recipients, message=message)]

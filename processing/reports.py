@@ -1,0 +1,139 @@
+"""Result files in the district's `results/` folder (SPEC §6.2, §6.3).
+
+Rendering is pure (result dict -> text); writing is atomic (a temp file in the
+same folder, fsync, rename), so a district's script never reads half a file,
+and a crash leaves either the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+from processing.model import TEMPLATE_COLUMNS
+from processing.plan import PlannedError
+
+ERRORS_HEADER = ("Line", "Error Code", "Message", *TEMPLATE_COLUMNS)
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def defuse(value: str) -> str:
+    """Prefix `'` to values a spreadsheet would run as a formula (CSV injection)."""
+    return "'" + value if value.startswith(_FORMULA_START) else value
+
+
+def render_errors_csv(errors: Iterable[PlannedError]) -> str:
+    """`Line,Error Code,Message,` + the nine template columns with the row's values."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(ERRORS_HEADER)
+    width = len(TEMPLATE_COLUMNS)
+    for error in errors:
+        values = list(error.values[:width]) + [""] * (width - len(error.values[:width]))
+        writer.writerow(
+            [
+                "" if error.line is None else str(error.line),
+                error.code,
+                defuse(error.message),
+                *(defuse(v) for v in values),
+            ]
+        )
+    return out.getvalue()
+
+
+def render_result_json(result: dict[str, Any]) -> str:
+    return json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+
+
+def render_result_txt(result: dict[str, Any], district_name: str) -> str:
+    """The same facts as result.json, for a person."""
+    lines = [
+        f"MY Access eAMS processing result for {district_name}",
+        "",
+        f"Run:          {result['run_id']}",
+        f"File:         {result.get('source', 'students.csv')}",
+        f"Received:     {result['received_at']}",
+        f"Finished:     {result['finished_at']}",
+        f"Encoding:     {result['encoding'] or 'unknown'}",
+    ]
+    state = result["state"]
+    if result.get("dry_run"):
+        lines.append("Mode:         DRY RUN (check/): nothing was applied; counts show what would")
+    if state == "failed":
+        error = result["file_error"] or {}
+        lines += [
+            "",
+            "Result:       FAILED: the file was rejected and nothing was applied.",
+            f"Error:        {error.get('code')}: {error.get('message')}",
+        ]
+    elif state == "held":
+        lines += [
+            "",
+            "Result:       HELD: nothing was applied.",
+            f"Reason:       {result.get('held_reason', '')}",
+            "An operator must approve this run (eams approve) or discard it.",
+        ]
+    else:
+        outcome = "done" if result["errors"] == 0 else f"done with {result['errors']} rejected rows"
+        lines += ["", f"Result:       {outcome}"]
+    lines += [
+        "",
+        f"Rows:         {result['rows']}",
+        f"Added:        {result['added']}",
+        f"Updated:      {result['updated']}",
+        f"  activated:    {result['activated']}",
+        f"  deactivated:  {result['deactivated']}",
+        f"  transferred:  {result['transferred']}",
+        f"Unchanged:    {result['unchanged']}",
+        f"Errors:       {result['errors']}",
+    ]
+    licenses = result.get("licenses")
+    if licenses:
+        lines += [
+            "",
+            f"Licenses on order {licenses['order']}: {licenses['licenses']} total, "
+            f"{licenses['used']} used, {licenses['available']} available",
+        ]
+    if result["errors"] or state == "failed":
+        lines += ["", f"Details of every rejected row: results/{result['run_id']}.errors.csv"]
+    return "\n".join(lines) + "\n"
+
+
+def atomic_write(path: Path, text: str) -> None:
+    """Write via a temp file in the same folder, fsync, then rename over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temp, "w", encoding="utf-8", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temp, path)
+
+
+def write_results(
+    results_dir: Path,
+    result: dict[str, Any],
+    district_name: str,
+    errors: Iterable[PlannedError],
+) -> list[Path]:
+    """Write `<run_id>.result.json`, `.result.txt` and, when needed, `.errors.csv`."""
+    run_id = result["run_id"]
+    written = []
+    errors = list(errors)
+    if errors:
+        path = results_dir / f"{run_id}.errors.csv"
+        atomic_write(path, render_errors_csv(errors))
+        written.append(path)
+    for suffix, text in (
+        ("result.txt", render_result_txt(result, district_name)),
+        ("result.json", render_result_json(result)),
+    ):
+        path = results_dir / f"{run_id}.{suffix}"
+        atomic_write(path, text)
+        written.append(path)
+    return written

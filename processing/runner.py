@@ -1,0 +1,315 @@
+"""One processing run: decode -> validate -> rules -> store -> result files.
+
+`Runner.submit` records a spooled upload as a queued run (the SFTP edge calls
+it before answering the client); `Runner.run` processes a queued run. Parsing
+and deciding are CPU work and run in a worker thread (`asyncio.to_thread`), so
+a 500,000-row file never stalls the event loop that serves other districts'
+SFTP sessions; the database is touched only in bulk, before and after.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from attrs import frozen
+
+from processing.config import Config, District
+from processing.decode import open_text
+from processing.jobs import UploadJob
+from processing.model import FileProblem, FileRejected
+from processing.notify import run_emails
+from processing.passwords import StudentPasswords
+from processing.plan import (
+    Counts,
+    DistrictState,
+    FirstPass,
+    Plan,
+    PlannedError,
+    build_plan,
+    first_pass,
+)
+from processing.reports import write_results
+from processing.store import Conflict, OrderWrite, RunRecord, Store, iso, utc_now
+from processing.template import read_rows
+
+log = logging.getLogger("eams.runner")
+
+GUARD_MINIMUM = 25  # SPEC §5.4: never hold a run that deactivates 25 students or fewer
+RETRIES = 3
+
+
+@frozen
+class RunOutcome:
+    record: RunRecord
+    result: dict[str, Any]
+    errors: tuple[PlannedError, ...]
+
+
+class Runner:
+    def __init__(self, config: Config, store: Store, passwords: StudentPasswords) -> None:
+        self.config = config
+        self.store = store
+        self.passwords = passwords
+
+    async def submit(self, job: UploadJob) -> RunRecord:
+        """Record a spooled upload as a queued run; after this it cannot be lost."""
+        return await self.store.enqueue_run(
+            job.district_id,
+            received_at=job.received_at,
+            source=job.source,
+            spool_path=str(job.spool_path),
+            dry_run=job.dry_run,
+            order_id=job.order_id,
+        )
+
+    def results_dir(self, district_id: str) -> Path:
+        return self.config.server.homes / district_id / "results"
+
+    async def run(self, record: RunRecord) -> RunOutcome:
+        """Process a queued (or approved) run to its end; idempotent after a crash."""
+        for attempt in range(1, RETRIES + 1):
+            try:
+                outcome = await self._attempt(record)
+            except Conflict as exc:
+                if attempt == RETRIES:
+                    raise
+                log.warning("run %s: %s; deciding it again", record.run_id, exc)
+                continue
+            self._after(outcome)
+            return outcome
+        raise AssertionError("unreachable")
+
+    async def preview(self, job: UploadJob) -> RunOutcome:
+        """`eams process --dry-run`: decide everything, write and record nothing."""
+        record = RunRecord(
+            district_id=job.district_id,
+            run_id=f"{job.received_at:%Y%m%d-%H%M%S}-0",
+            seq=0,
+            state="queued",
+            dry_run=True,
+            order_id=job.order_id,
+            source=job.source,
+            spool_path=str(job.spool_path),
+            received_at=job.received_at,
+            result=None,
+        )
+        return await self._decide(record, commit=False)
+
+    async def _attempt(self, record: RunRecord) -> RunOutcome:
+        return await self._decide(record, commit=True)
+
+    async def _decide(self, record: RunRecord, *, commit: bool) -> RunOutcome:
+        district = self.config.district(record.district_id)
+        target = record.order_id or district.order.id
+        path = Path(record.spool_path or "")
+        limit = self.config.server.max_upload_bytes
+        state = await self.store.load_district(district.id)
+        if target not in state.orders:
+            raise LookupError(f"district {district.id} has no order {target!r}")
+        try:
+            encoding, first = await asyncio.to_thread(_first_pass, path, limit)
+        except FileRejected as rejected:
+            return await self._file_failed(record, district, state, rejected.problem, commit)
+        taken = await self.store.usernames_elsewhere(
+            district.id, (k for k in first.usernames if k not in state.owners)
+        )
+        version = state.version
+        plan = await asyncio.to_thread(
+            _second_pass, path, limit, state, district, target, first, taken, self.passwords
+        )
+        held_reason = None
+        if not record.dry_run and record.state != "approved":
+            held_reason = guard_reason(plan, district)
+        run_state = "held" if held_reason else "done"
+        result = build_result(
+            record,
+            state=run_state,
+            encoding=encoding,
+            counts=plan.counts,
+            licenses=state.orders[target],
+            held_reason=held_reason,
+        )
+        if commit:
+            apply = run_state == "done" and not record.dry_run
+            students = (
+                await asyncio.to_thread(_student_rows, plan, district.id, self.passwords)
+                if apply
+                else []
+            )
+            orders = [OrderWrite(t.id, t.used) for t in state.orders.values()] if apply else []
+            await self.store.finish_run(
+                record,
+                state=run_state,
+                result=result,
+                errors=plan.errors,
+                emails=run_emails(self.config, district, result, plan.errors),
+                expected_version=version if apply else None,
+                students=students,
+                orders=orders,
+            )
+        return RunOutcome(record, result, tuple(plan.errors))
+
+    async def _file_failed(
+        self,
+        record: RunRecord,
+        district: District,
+        state: DistrictState,
+        problem: FileProblem,
+        commit: bool,
+    ) -> RunOutcome:
+        target = record.order_id or district.order.id
+        result = build_result(
+            record,
+            state="failed",
+            encoding=None,
+            counts=Counts(),
+            licenses=state.orders[target],
+            file_error={"code": str(problem.code), "message": problem.message},
+        )
+        errors = [PlannedError(None, str(problem.code), problem.message, ())]
+        if commit:
+            await self.store.finish_run(
+                record,
+                state="failed",
+                result=result,
+                errors=errors,
+                emails=run_emails(self.config, district, result, errors),
+            )
+        return RunOutcome(record, result, tuple(errors))
+
+    def _after(self, outcome: RunOutcome) -> None:
+        """After the commit: result files, and the spool copy is no longer needed."""
+        record = outcome.record
+        district = self.config.district(record.district_id)
+        write_results(
+            self.results_dir(record.district_id), outcome.result, district.name, outcome.errors
+        )
+        if outcome.result["state"] != "held" and record.spool_path:
+            try:
+                os.unlink(record.spool_path)
+            except FileNotFoundError:
+                pass
+        result = outcome.result
+        log.info(
+            "run %s %s: %s rows, %s added, %s updated, %s unchanged, %s errors%s",
+            record.district_id,
+            record.run_id,
+            result["rows"],
+            result["added"],
+            result["updated"],
+            result["unchanged"],
+            result["errors"],
+            f" ({result['file_error']['code']})" if result["file_error"] else "",
+        )
+
+
+def guard_reason(plan: Plan, district: District) -> str | None:
+    """SPEC §5.4: why this run must be held, or None."""
+    deactivating = plan.counts.deactivated
+    active = plan.active_before
+    if deactivating <= GUARD_MINIMUM or deactivating <= district.deactivation_guard * active:
+        return None
+    share = deactivating / active if active else 1.0
+    return (
+        f"the file would deactivate {deactivating} of the district's {active} active students "
+        f"({share:.0%}), more than the deactivation guard of {district.deactivation_guard:.0%}. "
+        "A partial or broken SIS extract looks like this."
+    )
+
+
+def build_result(
+    record: RunRecord,
+    *,
+    state: str,
+    encoding: str | None,
+    counts: Counts,
+    licenses: Any,
+    file_error: dict[str, str] | None = None,
+    held_reason: str | None = None,
+) -> dict[str, Any]:
+    """The result.json object of SPEC §6.2 (keys in the spec's order)."""
+    result: dict[str, Any] = {
+        "run_id": record.run_id,
+        "district": record.district_id,
+        "state": state,
+        "received_at": iso(record.received_at),
+        "finished_at": iso(utc_now()),
+        "encoding": encoding,
+        **counts.as_dict(),
+        "file_error": file_error,
+        "licenses": {
+            "order": licenses.id,
+            "licenses": licenses.licenses,
+            "used": licenses.used,
+            "available": licenses.available,
+        },
+        "dry_run": record.dry_run,
+    }
+    if held_reason:
+        result["held_reason"] = held_reason
+    return result
+
+
+def _first_pass(path: Path, limit: int) -> tuple[str, FirstPass]:
+    text, encoding = open_text(path, limit)
+    with text:
+        return encoding, first_pass(read_rows(text))
+
+
+def _second_pass(
+    path: Path,
+    limit: int,
+    state: DistrictState,
+    district: District,
+    target: str,
+    first: FirstPass,
+    taken: frozenset[str],
+    passwords: StudentPasswords,
+) -> Plan:
+    text, _ = open_text(path, limit)
+    with text:
+        return build_plan(
+            read_rows(text),
+            state,
+            target=target,
+            school_codes=district.school_codes,
+            grades=district.grades,
+            duplicates=first.duplicates,
+            taken_elsewhere=taken,
+            mac=passwords.mac,
+        )
+
+
+def _student_rows(
+    plan: Plan, district_id: str, passwords: StudentPasswords
+) -> Sequence[tuple[Any, ...]]:
+    """Rows for Store.finish_run; new passwords encrypted here, off the event loop."""
+    now = iso(utc_now())
+    new_passwords = plan.new_passwords
+    rows = []
+    for student_id, s in plan.changes.items():
+        password = new_passwords.get(student_id)
+        rows.append(
+            (
+                district_id,
+                s.student_id,
+                s.school_code,
+                s.first_name,
+                s.last_name,
+                s.grade,
+                s.username,
+                s.username.lower(),
+                s.class_name,
+                int(s.active),
+                s.order_id,
+                passwords.encrypt(password) if password is not None else None,
+                s.password_mac if password is not None else None,
+                now,
+            )
+        )
+    return rows

@@ -1,0 +1,609 @@
+"""The database: the only module that speaks SQL.
+
+SQLite through aiosqlite, WAL mode, foreign keys on, synchronous=FULL (a run
+acknowledged to a district must survive a crash). Schema changes are ordered
+migrations recorded in `schema_version`.
+
+Access pattern, chosen for 500,000-student districts: a run loads the
+district's state with one query (`load_district`), decides in memory, and
+writes everything back with `executemany` inside ONE transaction
+(`finish_run`) together with the run record, its row errors and its queued
+emails (SPEC §5.3). An optimistic version number per district turns a
+concurrent writer (say `eams process` while the server runs) into a
+`Conflict` the runner retries, never a lost update.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+from attrs import frozen
+
+from processing.config import Config
+from processing.plan import DistrictState, OrderTally, PlannedError
+from processing.rules import Student
+
+MIGRATIONS: tuple[str, ...] = (
+    # 1: the initial schema
+    """
+    CREATE TABLE districts (
+        id TEXT PRIMARY KEY,
+        name TEXT NOT NULL,
+        run_seq INTEGER NOT NULL DEFAULT 0,
+        version INTEGER NOT NULL DEFAULT 0,
+        last_upload_at TEXT,
+        stale_alerted INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE TABLE schools (
+        district_id TEXT NOT NULL REFERENCES districts(id),
+        code TEXT NOT NULL,
+        name TEXT NOT NULL,
+        PRIMARY KEY (district_id, code)
+    );
+    CREATE TABLE orders (
+        district_id TEXT NOT NULL REFERENCES districts(id),
+        id TEXT NOT NULL,
+        kind TEXT NOT NULL CHECK (kind IN ('enterprise', 'regular', 'past')),
+        licenses INTEGER NOT NULL CHECK (licenses >= 0),
+        used INTEGER NOT NULL DEFAULT 0 CHECK (used >= 0),
+        PRIMARY KEY (district_id, id)
+    );
+    CREATE TABLE students (
+        district_id TEXT NOT NULL REFERENCES districts(id),
+        student_id TEXT NOT NULL,
+        school_code TEXT NOT NULL,
+        first_name TEXT NOT NULL,
+        last_name TEXT NOT NULL,
+        grade TEXT NOT NULL,
+        username TEXT NOT NULL,
+        username_key TEXT NOT NULL UNIQUE,
+        class_name TEXT NOT NULL,
+        active INTEGER NOT NULL,
+        order_id TEXT NOT NULL,
+        password_enc BLOB,
+        password_mac BLOB,
+        updated_at TEXT NOT NULL,
+        PRIMARY KEY (district_id, student_id),
+        FOREIGN KEY (district_id, order_id) REFERENCES orders(district_id, id)
+    );
+    CREATE TABLE runs (
+        district_id TEXT NOT NULL REFERENCES districts(id),
+        run_id TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        state TEXT NOT NULL CHECK (state IN
+            ('queued', 'approved', 'done', 'failed', 'held', 'discarded')),
+        dry_run INTEGER NOT NULL,
+        order_id TEXT,
+        source TEXT NOT NULL,
+        spool_path TEXT,
+        received_at TEXT NOT NULL,
+        finished_at TEXT,
+        result_json TEXT,
+        PRIMARY KEY (district_id, run_id)
+    );
+    CREATE INDEX runs_by_state ON runs (state, district_id, seq);
+    CREATE TABLE run_errors (
+        district_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        pos INTEGER NOT NULL,
+        line INTEGER,
+        code TEXT NOT NULL,
+        message TEXT NOT NULL,
+        run_values TEXT NOT NULL,
+        PRIMARY KEY (district_id, run_id, pos),
+        FOREIGN KEY (district_id, run_id) REFERENCES runs(district_id, run_id)
+    );
+    CREATE TABLE outbox (
+        id INTEGER PRIMARY KEY,
+        district_id TEXT,
+        run_id TEXT,
+        kind TEXT NOT NULL,
+        recipients TEXT NOT NULL,
+        message BLOB NOT NULL,
+        created_at TEXT NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at TEXT NOT NULL,
+        sent_at TEXT,
+        last_error TEXT
+    );
+    CREATE INDEX outbox_pending ON outbox (sent_at, next_attempt_at);
+    """,
+)
+
+
+class Conflict(Exception):
+    """The district changed between load and write; the run must be decided again."""
+
+
+class AlreadyFinished(Exception):
+    """Another process finished this run first (e.g. two `eams approve` at once)."""
+
+
+class RunNotFound(LookupError):
+    pass
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC).replace(microsecond=0)
+
+
+def iso(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_iso(text: str) -> datetime:
+    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
+
+
+@frozen
+class RunRecord:
+    district_id: str
+    run_id: str
+    seq: int
+    state: str
+    dry_run: bool
+    order_id: str | None
+    source: str
+    spool_path: str | None
+    received_at: datetime
+    result: dict[str, Any] | None
+
+    @classmethod
+    def from_db(cls, row: sqlite3.Row) -> RunRecord:
+        return cls(
+            district_id=row["district_id"],
+            run_id=row["run_id"],
+            seq=row["seq"],
+            state=row["state"],
+            dry_run=bool(row["dry_run"]),
+            order_id=row["order_id"],
+            source=row["source"],
+            spool_path=row["spool_path"],
+            received_at=parse_iso(row["received_at"]),
+            result=json.loads(row["result_json"]) if row["result_json"] else None,
+        )
+
+
+@frozen
+class QueuedEmail:
+    kind: str
+    recipients: tuple[str, ...]
+    message: bytes
+
+
+@frozen
+class OrderWrite:
+    id: str
+    used: int
+
+
+_RUN_COLUMNS = (
+    "district_id, run_id, seq, state, dry_run, order_id, source, spool_path, "
+    "received_at, result_json"
+)
+_UPSERT_STUDENT = """
+    INSERT INTO students (district_id, student_id, school_code, first_name, last_name, grade,
+        username, username_key, class_name, active, order_id, password_enc, password_mac,
+        updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (district_id, student_id) DO UPDATE SET
+        school_code = excluded.school_code, first_name = excluded.first_name,
+        last_name = excluded.last_name, grade = excluded.grade, username = excluded.username,
+        username_key = excluded.username_key, class_name = excluded.class_name,
+        active = excluded.active, order_id = excluded.order_id,
+        password_enc = coalesce(excluded.password_enc, students.password_enc),
+        password_mac = coalesce(excluded.password_mac, students.password_mac),
+        updated_at = excluded.updated_at
+"""
+
+
+class Store:
+    """One aiosqlite connection. Open with `await Store.open(path)`."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self.db = db
+        self.path = path
+
+    @classmethod
+    async def open(cls, path: Path) -> Store:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        db = await aiosqlite.connect(path, isolation_level=None)
+        db.row_factory = sqlite3.Row
+        await db.execute("PRAGMA journal_mode = WAL")
+        await db.execute("PRAGMA synchronous = FULL")
+        await db.execute("PRAGMA foreign_keys = ON")
+        await db.execute("PRAGMA busy_timeout = 30000")
+        store = cls(db, path)
+        await store._migrate()
+        return store
+
+    async def close(self) -> None:
+        await self.db.close()
+
+    async def _migrate(self) -> None:
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            await self.db.execute(
+                "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)"
+            )
+            rows = list(await self.db.execute_fetchall("SELECT version FROM schema_version"))
+            current = rows[0][0] if rows else 0
+            if not rows:
+                await self.db.execute("INSERT INTO schema_version VALUES (0)")
+            for number, script in enumerate(MIGRATIONS, start=1):
+                if number > current:
+                    for statement in _statements(script):
+                        await self.db.execute(statement)
+                    await self.db.execute("UPDATE schema_version SET version = ?", (number,))
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+
+    # ---- config mirror -------------------------------------------------
+
+    async def sync_config(self, config: Config) -> list[str]:
+        """Mirror districts, schools and orders from config; return warnings.
+
+        A changed `order.id` keeps the previous Enterprise order as a `past`
+        order (SPEC §2); students on it move to the new one as they appear.
+        """
+        warnings: list[str] = []
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            for district in config.districts.values():
+                await self.db.execute(
+                    "INSERT INTO districts (id, name) VALUES (?, ?) "
+                    "ON CONFLICT (id) DO UPDATE SET name = excluded.name",
+                    (district.id, district.name),
+                )
+                await self.db.executemany(
+                    "INSERT INTO schools (district_id, code, name) VALUES (?, ?, ?) "
+                    "ON CONFLICT (district_id, code) DO UPDATE SET name = excluded.name",
+                    [(district.id, s.code, s.name) for s in district.schools],
+                )
+                await self.db.execute(
+                    "UPDATE orders SET kind = 'past' WHERE district_id = ? "
+                    "AND kind = 'enterprise' AND id != ?",
+                    (district.id, district.order.id),
+                )
+                configured = [(district.order, "enterprise")] + [
+                    (order, "regular") for order in district.regular_orders
+                ]
+                for order, kind in configured:
+                    await self.db.execute(
+                        "INSERT INTO orders (district_id, id, kind, licenses) VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (district_id, id) DO UPDATE SET kind = excluded.kind, "
+                        "licenses = excluded.licenses",
+                        (district.id, order.id, kind, order.licenses),
+                    )
+                rows = await self.db.execute_fetchall(
+                    "SELECT id, licenses, used FROM orders WHERE district_id = ? "
+                    "AND used > licenses",
+                    (district.id,),
+                )
+                for row in rows:
+                    warnings.append(
+                        f"districts.{district.id}: order {row['id']} has {row['licenses']} "
+                        f"licenses but {row['used']} are in use; no new licenses can be taken "
+                        "until the count is back under the total"
+                    )
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        return warnings
+
+    # ---- runs ------------------------------------------------------------
+
+    async def enqueue_run(
+        self,
+        district_id: str,
+        *,
+        received_at: datetime,
+        source: str,
+        spool_path: str | None,
+        dry_run: bool,
+        order_id: str | None = None,
+    ) -> RunRecord:
+        """Record a completed upload as a `queued` run and allocate its run id (SPEC §6.1)."""
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            rows = await self.db.execute_fetchall(
+                "UPDATE districts SET run_seq = run_seq + 1 WHERE id = ? RETURNING run_seq",
+                (district_id,),
+            )
+            rows = list(rows)
+            if not rows:
+                raise LookupError(f"unknown district {district_id!r}")
+            seq = rows[0][0]
+            run_id = f"{received_at.astimezone(UTC):%Y%m%d-%H%M%S}-{seq}"
+            await self.db.execute(
+                "INSERT INTO runs (district_id, run_id, seq, state, dry_run, order_id, source, "
+                "spool_path, received_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",
+                (
+                    district_id,
+                    run_id,
+                    seq,
+                    int(dry_run),
+                    order_id,
+                    source,
+                    spool_path,
+                    iso(received_at),
+                ),
+            )
+            if not dry_run:
+                await self.db.execute(
+                    "UPDATE districts SET last_upload_at = ?, stale_alerted = 0 WHERE id = ?",
+                    (iso(received_at), district_id),
+                )
+            await self.db.execute("COMMIT")
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+        return RunRecord(
+            district_id=district_id,
+            run_id=run_id,
+            seq=seq,
+            state="queued",
+            dry_run=dry_run,
+            order_id=order_id,
+            source=source,
+            spool_path=spool_path,
+            received_at=received_at,
+            result=None,
+        )
+
+    async def pending_runs(self) -> list[RunRecord]:
+        """Runs acknowledged but not finished (a crash or a stop came first), oldest first."""
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ('queued', 'approved') "
+            "ORDER BY district_id, seq"
+        )
+        return [RunRecord.from_db(row) for row in rows]
+
+    async def find_runs(self, run_id: str, district_id: str | None = None) -> list[RunRecord]:
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
+        params: tuple[Any, ...] = (run_id,)
+        if district_id is not None:
+            sql += " AND district_id = ?"
+            params += (district_id,)
+        return [RunRecord.from_db(row) for row in await self.db.execute_fetchall(sql, params)]
+
+    async def get_run(self, district_id: str, run_id: str) -> RunRecord:
+        runs = await self.find_runs(run_id, district_id)
+        if not runs:
+            raise RunNotFound(f"no run {run_id} for district {district_id}")
+        return runs[0]
+
+    async def list_runs(self, district_id: str | None = None) -> list[RunRecord]:
+        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        params: tuple[Any, ...] = ()
+        if district_id is not None:
+            sql += " WHERE district_id = ?"
+            params = (district_id,)
+        sql += " ORDER BY run_id DESC, district_id"
+        return [RunRecord.from_db(row) for row in await self.db.execute_fetchall(sql, params)]
+
+    async def set_run_state(self, run: RunRecord, state: str, *, expect: str) -> None:
+        """Move a run between states (approve/discard); refuse if it moved meanwhile."""
+        cursor = await self.db.execute(
+            "UPDATE runs SET state = ? WHERE district_id = ? AND run_id = ? AND state = ?",
+            (state, run.district_id, run.run_id, expect),
+        )
+        if cursor.rowcount != 1:
+            raise Conflict(f"run {run.run_id} is no longer {expect}")
+
+    async def run_errors(self, district_id: str, run_id: str) -> list[PlannedError]:
+        rows = await self.db.execute_fetchall(
+            "SELECT line, code, message, run_values FROM run_errors "
+            "WHERE district_id = ? AND run_id = ? ORDER BY pos",
+            (district_id, run_id),
+        )
+        return [PlannedError(row[0], row[1], row[2], tuple(json.loads(row[3]))) for row in rows]
+
+    # ---- district state ---------------------------------------------------
+
+    async def load_district(self, district_id: str) -> DistrictState:
+        """The district's students and orders in two queries (no per-row round trips)."""
+        rows = list(
+            await self.db.execute_fetchall(
+                "SELECT version FROM districts WHERE id = ?", (district_id,)
+            )
+        )
+        if not rows:
+            raise LookupError(f"unknown district {district_id!r}")
+        version = rows[0][0]
+        orders = {
+            row[0]: OrderTally(row[0], row[1], row[2], row[3])
+            for row in await self.db.execute_fetchall(
+                "SELECT id, kind, licenses, used FROM orders WHERE district_id = ?",
+                (district_id,),
+            )
+        }
+        cursor = await self.db.execute(
+            "SELECT student_id, school_code, first_name, last_name, grade, username, "
+            "class_name, active, order_id, password_mac FROM students WHERE district_id = ?",
+            (district_id,),
+        )
+        cursor_rows = await cursor.fetchall()
+        await cursor.close()
+        students = {
+            r[0]: Student(r[0], r[1], r[2], r[3], r[4], r[5], r[6], bool(r[7]), r[8], r[9])
+            for r in cursor_rows
+        }
+        return DistrictState(district_id, version, students, orders)
+
+    async def usernames_elsewhere(self, district_id: str, keys: Iterable[str]) -> frozenset[str]:
+        """Which of these lower-cased usernames belong to students of other districts."""
+        taken: set[str] = set()
+        chunk: list[str] = []
+        for key in keys:
+            chunk.append(key)
+            if len(chunk) == 900:
+                taken |= await self._taken(district_id, chunk)
+                chunk = []
+        if chunk:
+            taken |= await self._taken(district_id, chunk)
+        return frozenset(taken)
+
+    async def _taken(self, district_id: str, chunk: Sequence[str]) -> set[str]:
+        marks = ",".join("?" * len(chunk))
+        rows = await self.db.execute_fetchall(
+            f"SELECT username_key FROM students WHERE username_key IN ({marks}) "
+            "AND district_id != ?",
+            (*chunk, district_id),
+        )
+        return {row[0] for row in rows}
+
+    # ---- finishing a run: ONE transaction ------------------------------------
+
+    async def finish_run(
+        self,
+        run: RunRecord,
+        *,
+        state: str,
+        result: dict[str, Any],
+        errors: Sequence[PlannedError],
+        emails: Sequence[QueuedEmail],
+        expected_version: int | None = None,
+        students: Sequence[tuple[Any, ...]] = (),
+        orders: Sequence[OrderWrite] = (),
+    ) -> None:
+        """Write a run's student changes, order counts, run record, errors and emails at once.
+
+        `expected_version` (when students change) is the district version the
+        plan was decided on; a mismatch, or a username another district took
+        meanwhile, raises `Conflict` and nothing is written.
+        """
+        await self.db.execute("BEGIN IMMEDIATE")
+        try:
+            cursor = await self.db.execute(
+                "UPDATE runs SET state = ?, finished_at = ?, result_json = ? "
+                "WHERE district_id = ? AND run_id = ? AND state IN ('queued', 'approved')",
+                (state, result.get("finished_at"), json.dumps(result), run.district_id, run.run_id),
+            )
+            if cursor.rowcount != 1:
+                raise AlreadyFinished(f"run {run.run_id} was already finished")
+            if expected_version is not None:
+                cursor = await self.db.execute(
+                    "UPDATE districts SET version = version + 1 WHERE id = ? AND version = ?",
+                    (run.district_id, expected_version),
+                )
+                if cursor.rowcount != 1:
+                    raise Conflict(f"district {run.district_id} changed during the run")
+            if students:
+                await self.db.executemany(_UPSERT_STUDENT, students)
+            if orders:
+                await self.db.executemany(
+                    "UPDATE orders SET used = ? WHERE district_id = ? AND id = ?",
+                    [(o.used, run.district_id, o.id) for o in orders],
+                )
+            await self.db.execute(
+                "DELETE FROM run_errors WHERE district_id = ? AND run_id = ?",
+                (run.district_id, run.run_id),
+            )
+            if errors:
+                await self.db.executemany(
+                    "INSERT INTO run_errors (district_id, run_id, pos, line, code, message, "
+                    "run_values) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (
+                            run.district_id,
+                            run.run_id,
+                            pos,
+                            e.line,
+                            e.code,
+                            e.message,
+                            json.dumps(e.values, ensure_ascii=False),
+                        )
+                        for pos, e in enumerate(errors)
+                    ],
+                )
+            now = iso(utc_now())
+            await self.db.executemany(
+                "INSERT INTO outbox (district_id, run_id, kind, recipients, message, "
+                "created_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [
+                    (
+                        run.district_id,
+                        run.run_id,
+                        e.kind,
+                        json.dumps(e.recipients),
+                        e.message,
+                        now,
+                        now,
+                    )
+                    for e in emails
+                ],
+            )
+            await self.db.execute("COMMIT")
+        except sqlite3.IntegrityError as exc:
+            await self.db.execute("ROLLBACK")
+            raise Conflict(f"a constraint failed while writing run {run.run_id}: {exc}") from exc
+        except BaseException:
+            await self.db.execute("ROLLBACK")
+            raise
+
+    # ---- listings (eams students / licenses) -----------------------------------
+
+    async def list_students(self, district_id: str) -> list[dict[str, Any]]:
+        rows = await self.db.execute_fetchall(
+            "SELECT student_id, school_code, first_name, last_name, grade, username, "
+            "class_name, active, order_id FROM students WHERE district_id = ? "
+            "ORDER BY student_id",
+            (district_id,),
+        )
+        return [
+            {
+                "student_id": r[0],
+                "school_code": r[1],
+                "first_name": r[2],
+                "last_name": r[3],
+                "grade": r[4],
+                "username": r[5],
+                "class_name": r[6],
+                "status": "active" if r[7] else "deactivated",
+                "order": r[8],
+            }
+            for r in rows
+        ]
+
+    async def list_orders(self, district_id: str) -> list[dict[str, Any]]:
+        """Orders with licenses, used and available; kind `past` shows as `regular`."""
+        rows = await self.db.execute_fetchall(
+            "SELECT id, kind, licenses, used FROM orders WHERE district_id = ? "
+            "ORDER BY kind = 'enterprise' DESC, kind, id",
+            (district_id,),
+        )
+        return [
+            {
+                "order": r[0],
+                "kind": "enterprise" if r[1] == "enterprise" else "regular",
+                "licenses": r[2],
+                "used": r[3],
+                "available": max(0, r[2] - r[3]),
+            }
+            for r in rows
+        ]
+
+    async def invariant_violations(self) -> list[str]:
+        """Orders whose `used` differs from the count of active students on them (SPEC §5)."""
+        rows = await self.db.execute_fetchall(
+            "SELECT o.district_id, o.id, o.used, "
+            "(SELECT count(*) FROM students s WHERE s.district_id = o.district_id "
+            " AND s.order_id = o.id AND s.active = 1) AS counted FROM orders o"
+        )
+        return [
+            f"{r[0]}/{r[1]}: used {r[2]} but {r[3]} active students" for r in rows if r[2] != r[3]
+        ]
+
+
+def _statements(script: str) -> list[str]:
+    return [part.strip() for part in script.split(";") if part.strip()]
