@@ -12,17 +12,12 @@ the first, so an operator fixes a broken file in one pass.
 from __future__ import annotations
 
 import re
-import sys
+import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from attrs import field, frozen
-
-if sys.version_info >= (3, 11):
-    import tomllib
-else:  # pragma: no cover - the project requires 3.11, kept for the tomli pin
-    import tomli as tomllib
 
 DISTRICT_ID = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
 USERNAME = re.compile(r"[A-Za-z0-9._@-]{1,64}\Z")
@@ -364,7 +359,8 @@ class _Parser:
         if "password" in raw:
             self.problem(
                 f"{where}.password",
-                "plain-text passwords are not accepted; use password_hash from `eams hash-password`",
+                "plain-text passwords are not accepted: "
+                "use password_hash from `eams hash-password`",
             )
         name = raw.get("name")
         if not isinstance(name, str) or not name.strip():

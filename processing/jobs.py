@@ -33,21 +33,31 @@ def spool_dir(data: Path, district_id: str) -> Path:
 
 
 def spool_copy(source: Path, data: Path, district_id: str) -> tuple[Path, int]:
-    """Copy `source` into the spool durably (fsync file and folder); return (path, size).
+    """Put a durable copy of `source` into the spool; return (path, size).
 
-    A copy (not a move) so the district's `students.csv` stays where it is:
-    WinSCP sets its time right after the upload and must find it.
+    A copy or a hard link, never a move, so the district's `students.csv`
+    stays where it is: WinSCP sets its time right after the upload and must
+    find it. A hard link is safe because the server never writes into an
+    existing `students.csv` in place (new uploads are staged and renamed over
+    it), and it turns a 200 MB copy into a metadata operation; across file
+    systems it falls back to a copy.
     """
     folder = spool_dir(data, district_id)
     folder.mkdir(parents=True, exist_ok=True)
     final = folder / f"{uuid.uuid4().hex}.csv"
-    temp = final.with_suffix(".partial")
-    with open(source, "rb") as src, open(temp, "wb") as dst:
-        shutil.copyfileobj(src, dst, 1024 * 1024)
-        dst.flush()
-        os.fsync(dst.fileno())
-        size = dst.tell()
-    os.replace(temp, final)
+    with open(source, "rb") as src:
+        os.fsync(src.fileno())
+        try:
+            os.link(source, final)
+            size = os.fstat(src.fileno()).st_size
+        except OSError:
+            temp = final.with_suffix(".partial")
+            with open(temp, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1024 * 1024)
+                dst.flush()
+                os.fsync(dst.fileno())
+                size = dst.tell()
+            os.replace(temp, final)
     fsync_dir(folder)
     return final, size
 

@@ -10,6 +10,7 @@ SFTP sessions; the database is touched only in bulk, before and after.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from collections.abc import Sequence
@@ -58,14 +59,7 @@ class Runner:
 
     async def submit(self, job: UploadJob) -> RunRecord:
         """Record a spooled upload as a queued run; after this it cannot be lost."""
-        return await self.store.enqueue_run(
-            job.district_id,
-            received_at=job.received_at,
-            source=job.source,
-            spool_path=str(job.spool_path),
-            dry_run=job.dry_run,
-            order_id=job.order_id,
-        )
+        return await self.store.enqueue_run(job)
 
     def results_dir(self, district_id: str) -> Path:
         return self.config.server.homes / district_id / "results"
@@ -190,10 +184,8 @@ class Runner:
             self.results_dir(record.district_id), outcome.result, district.name, outcome.errors
         )
         if outcome.result["state"] != "held" and record.spool_path:
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 os.unlink(record.spool_path)
-            except FileNotFoundError:
-                pass
         result = outcome.result
         log.info(
             "run %s %s: %s rows, %s added, %s updated, %s unchanged, %s errors%s",

@@ -15,17 +15,20 @@ concurrent writer (say `eams process` while the server runs) into a
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import json
 import sqlite3
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Concatenate, ParamSpec, TypeVar
 
 import aiosqlite
 from attrs import frozen
 
 from processing.config import Config
+from processing.jobs import UploadJob
 from processing.plan import DistrictState, OrderTally, PlannedError
 from processing.rules import Student
 
@@ -203,12 +206,39 @@ _UPSERT_STUDENT = """
 """
 
 
+P = ParamSpec("P")
+T = TypeVar("T")
+
+
+def serialized(
+    method: Callable[Concatenate[Store, P], Coroutine[Any, Any, T]],
+) -> Callable[Concatenate[Store, P], Coroutine[Any, Any, T]]:
+    """Run a Store method alone on its connection.
+
+    Several runs (districts) share one connection; without this, one run's
+    statements would land inside another run's open transaction.
+    """
+
+    @functools.wraps(method)
+    async def wrapper(self: Store, /, *args: P.args, **kwargs: P.kwargs) -> T:
+        async with self._lock:
+            return await method(self, *args, **kwargs)
+
+    return wrapper
+
+
 class Store:
-    """One aiosqlite connection. Open with `await Store.open(path)`."""
+    """One aiosqlite connection. Open with `await Store.open(path)`.
+
+    The server opens two: one for processing runs (long bulk transactions)
+    and one for recording completed uploads, so an upload is acknowledged
+    without waiting behind another district's run.
+    """
 
     def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
         self.db = db
         self.path = path
+        self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Store:
@@ -248,6 +278,7 @@ class Store:
 
     # ---- config mirror -------------------------------------------------
 
+    @serialized
     async def sync_config(self, config: Config) -> list[str]:
         """Mirror districts, schools and orders from config; return warnings.
 
@@ -302,17 +333,11 @@ class Store:
 
     # ---- runs ------------------------------------------------------------
 
-    async def enqueue_run(
-        self,
-        district_id: str,
-        *,
-        received_at: datetime,
-        source: str,
-        spool_path: str | None,
-        dry_run: bool,
-        order_id: str | None = None,
-    ) -> RunRecord:
+    @serialized
+    async def enqueue_run(self, job: UploadJob) -> RunRecord:
         """Record a completed upload as a `queued` run and allocate its run id (SPEC §6.1)."""
+        district_id, received_at, dry_run = job.district_id, job.received_at, job.dry_run
+        source, order_id, spool_path = job.source, job.order_id, str(job.spool_path)
         await self.db.execute("BEGIN IMMEDIATE")
         try:
             rows = await self.db.execute_fetchall(
@@ -360,6 +385,7 @@ class Store:
             result=None,
         )
 
+    @serialized
     async def pending_runs(self) -> list[RunRecord]:
         """Runs acknowledged but not finished (a crash or a stop came first), oldest first."""
         rows = await self.db.execute_fetchall(
@@ -368,7 +394,11 @@ class Store:
         )
         return [RunRecord.from_db(row) for row in rows]
 
+    @serialized
     async def find_runs(self, run_id: str, district_id: str | None = None) -> list[RunRecord]:
+        return await self._find_runs(run_id, district_id)
+
+    async def _find_runs(self, run_id: str, district_id: str | None) -> list[RunRecord]:
         sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
         params: tuple[Any, ...] = (run_id,)
         if district_id is not None:
@@ -376,12 +406,14 @@ class Store:
             params += (district_id,)
         return [RunRecord.from_db(row) for row in await self.db.execute_fetchall(sql, params)]
 
+    @serialized
     async def get_run(self, district_id: str, run_id: str) -> RunRecord:
-        runs = await self.find_runs(run_id, district_id)
+        runs = await self._find_runs(run_id, district_id)
         if not runs:
             raise RunNotFound(f"no run {run_id} for district {district_id}")
         return runs[0]
 
+    @serialized
     async def list_runs(self, district_id: str | None = None) -> list[RunRecord]:
         sql = f"SELECT {_RUN_COLUMNS} FROM runs"
         params: tuple[Any, ...] = ()
@@ -391,6 +423,7 @@ class Store:
         sql += " ORDER BY run_id DESC, district_id"
         return [RunRecord.from_db(row) for row in await self.db.execute_fetchall(sql, params)]
 
+    @serialized
     async def set_run_state(self, run: RunRecord, state: str, *, expect: str) -> None:
         """Move a run between states (approve/discard); refuse if it moved meanwhile."""
         cursor = await self.db.execute(
@@ -400,6 +433,7 @@ class Store:
         if cursor.rowcount != 1:
             raise Conflict(f"run {run.run_id} is no longer {expect}")
 
+    @serialized
     async def run_errors(self, district_id: str, run_id: str) -> list[PlannedError]:
         rows = await self.db.execute_fetchall(
             "SELECT line, code, message, run_values FROM run_errors "
@@ -410,6 +444,7 @@ class Store:
 
     # ---- district state ---------------------------------------------------
 
+    @serialized
     async def load_district(self, district_id: str) -> DistrictState:
         """The district's students and orders in two queries (no per-row round trips)."""
         rows = list(
@@ -440,6 +475,7 @@ class Store:
         }
         return DistrictState(district_id, version, students, orders)
 
+    @serialized
     async def usernames_elsewhere(self, district_id: str, keys: Iterable[str]) -> frozenset[str]:
         """Which of these lower-cased usernames belong to students of other districts."""
         taken: set[str] = set()
@@ -464,6 +500,7 @@ class Store:
 
     # ---- finishing a run: ONE transaction ------------------------------------
 
+    @serialized
     async def finish_run(
         self,
         run: RunRecord,
@@ -553,6 +590,7 @@ class Store:
 
     # ---- listings (eams students / licenses) -----------------------------------
 
+    @serialized
     async def list_students(self, district_id: str) -> list[dict[str, Any]]:
         rows = await self.db.execute_fetchall(
             "SELECT student_id, school_code, first_name, last_name, grade, username, "
@@ -575,6 +613,7 @@ class Store:
             for r in rows
         ]
 
+    @serialized
     async def list_orders(self, district_id: str) -> list[dict[str, Any]]:
         """Orders with licenses, used and available; kind `past` shows as `regular`."""
         rows = await self.db.execute_fetchall(
@@ -593,6 +632,7 @@ class Store:
             for r in rows
         ]
 
+    @serialized
     async def invariant_violations(self) -> list[str]:
         """Orders whose `used` differs from the count of active students on them (SPEC §5)."""
         rows = await self.db.execute_fetchall(

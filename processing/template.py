@@ -47,6 +47,7 @@ _SEPARATORS = (
 )
 _FOLDED = tuple(name.casefold() for name in TEMPLATE_COLUMNS)
 _SHOW_MAX = 40
+_VISIBLE = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
 
 def read_rows(text: TextIO) -> Iterator[RawRow]:
@@ -86,7 +87,7 @@ def header_problem(header: list[str]) -> str | None:
     Cells are trimmed, a stray BOM character is dropped and trailing empty
     cells (Excel's ",,,") are ignored; the names themselves compare exactly.
     """
-    cells = [cell.replace("\ufeff", "").strip() for cell in header]
+    cells = [_header_cell(cell) for cell in header]
     while cells and not cells[-1]:
         cells.pop()
     if tuple(cells) == TEMPLATE_COLUMNS:
@@ -107,6 +108,14 @@ def header_problem(header: list[str]) -> str | None:
             f'("{",".join(TEMPLATE_COLUMNS)}")'
         )
     return "; ".join([difference, *hints])
+
+
+def _header_cell(cell: str) -> str:
+    """Trim a header cell, and unquote it where a space or BOM kept csv from doing so."""
+    cell = cell.replace("\ufeff", "").strip()
+    if len(cell) >= 2 and cell[0] == cell[-1] == '"':
+        cell = cell[1:-1].strip()
+    return cell
 
 
 def _first_difference(cells: list[str]) -> str:
@@ -155,4 +164,6 @@ def _has_content(fields: list[str]) -> bool:
 
 
 def _show(value: str) -> str:
+    """A value as quoted in messages: control characters visible, cut at 40 characters."""
+    value = value.translate(_VISIBLE)
     return value if len(value) <= _SHOW_MAX else value[:_SHOW_MAX] + "…"

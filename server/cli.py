@@ -311,7 +311,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--config", default="config.toml", help="path to config.toml")
     parser = _Parser(prog="eams", description="MY Access eAMS server and operator tools")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)

@@ -264,7 +264,7 @@ def _text(virtual: bytes | str) -> str:
 def _collapse(text: str, cwd: str = "/") -> str:
     """Join to cwd and collapse `.`/`..`/empty components, never above `/`."""
     start = [] if text.startswith("/") else _parts(cwd)
-    parts = start + [p for p in text.split("/")]
+    parts = start + text.split("/")
     out: list[str] = []
     for part in parts:
         if part in ("", "."):

@@ -1,0 +1,320 @@
+"""`eams serve`: wires config, store, processing queue, SFTP and FTP refusal together.
+
+The SSH side is asyncssh with one `DistrictSSHServer` per connection (logins,
+bans) and one `DistrictSFTPServer` per SFTP session (the district's folder).
+SIGHUP reloads config.toml (a broken file is refused and the old one stays);
+SIGTERM/SIGINT stop accepting, let runs in progress finish, and exit 0.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import logging
+import os
+import signal
+import time
+import weakref
+from pathlib import Path
+from typing import Any
+
+import asyncssh
+
+from processing.config import Config, ConfigError
+from processing.model import TEMPLATE_HEADER
+from processing.passwords import StudentPasswords
+from processing.queue import ProcessingQueue
+from processing.runner import Runner
+from processing.store import Store
+from server.accounts import Accounts, BanList
+from server.ftp_refusal import start_ftp_refusal
+from server.hostkeys import ensure_host_keys, fingerprints
+from server.sftp import DistrictSFTPServer
+from server.uploads import Uploads, sweep
+
+log = logging.getLogger("eams.server")
+
+KEEPALIVE_SECONDS = 15  # a dead client is noticed after 4 unanswered keepalives
+KEEPALIVE_COUNT = 4
+LOGIN_TIMEOUT = 60
+IDLE_TIMEOUT = 30 * 60  # an SFTP session that makes no request for this long is closed
+HOUSEKEEPING_SECONDS = 3600
+
+
+def prepare_home(home: Path) -> None:
+    """Create a district's folder (SPEC §3): template, check/, results/."""
+    for folder in (home, home / "check", home / "results"):
+        folder.mkdir(parents=True, exist_ok=True)
+    template = home / "students_template.csv"
+    if not template.exists() or template.read_text(encoding="utf-8").strip() != TEMPLATE_HEADER:
+        template.unlink(missing_ok=True)
+        template.write_text(TEMPLATE_HEADER + "\r\n", encoding="utf-8")
+    os.chmod(template, 0o444)
+
+
+class DistrictSSHServer(asyncssh.SSHServer):
+    """One SSH connection: password/key logins, failed-login bans, login log lines."""
+
+    def __init__(self, app: EamsServer) -> None:
+        self.app = app
+        self.conn: asyncssh.SSHServerConnection | None = None
+        self.address = "?"
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.conn = conn
+        peer = conn.get_extra_info("peername")
+        self.address = str(peer[0]) if peer else "?"
+        if self.app.bans.is_banned(self.address):
+            log.warning("refused connection from banned address %s", self.address)
+            conn.close()
+            return
+        self.app.connections.add(conn)
+
+    def begin_auth(self, username: str) -> bool:
+        keys = self.app.accounts.authorized_keys(username)
+        if keys and self.conn is not None:
+            self.conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(keys)))
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def public_key_auth_supported(self) -> bool:
+        return True
+
+    async def validate_password(self, username: str, password: str) -> bool:
+        district = await asyncio.to_thread(self.app.accounts.check_password, username, password)
+        if district is not None:
+            return True
+        log.warning(
+            "login failed: user %r from %s (wrong password or unknown user)", username, self.address
+        )
+        if self.app.bans.record_failure(self.address):
+            log.warning(
+                "banned %s for %s minutes after %d failed logins",
+                self.address,
+                self.app.config.server.ban_minutes,
+                self.app.config.server.login_attempts,
+            )
+            if self.conn is not None:
+                self.conn.close()
+        return False
+
+    def auth_completed(self) -> None:
+        self.app.bans.record_success(self.address)
+        username = self.conn.get_extra_info("username") if self.conn else "?"
+        log.info("login: user %s from %s", username, self.address)
+
+
+class EamsServer:
+    def __init__(self, config: Config, *, port: int | None = None) -> None:
+        self.config = config
+        self.port = config.server.port if port is None else port
+        self.accounts = Accounts(config)
+        self.bans = BanList(config.server.login_attempts, config.server.ban_minutes)
+        self.connections: weakref.WeakSet[asyncssh.SSHServerConnection] = weakref.WeakSet()
+        self.sessions: weakref.WeakSet[DistrictSFTPServer] = weakref.WeakSet()
+        self._tasks: list[asyncio.Task[None]] = []
+        self.ssh: asyncssh.SSHAcceptor | None = None
+        self.ftp: asyncio.Server | None = None
+        self.stopped = asyncio.Event()
+
+    # ---- start / stop ------------------------------------------------------------------
+
+    async def start(self) -> None:
+        settings = self.config.server
+        for district_id in self.config.districts:
+            prepare_home(settings.homes / district_id)
+        keys = await asyncio.to_thread(ensure_host_keys, settings.host_keys)
+        for line in await asyncio.to_thread(fingerprints, settings.host_keys):
+            log.info("host key %s", line)
+        self.store = await Store.open(settings.data / "eams.sqlite3")
+        self.intake = await Store.open(settings.data / "eams.sqlite3")
+        for warning in await self.store.sync_config(self.config):
+            log.warning("%s", warning)
+        passwords = await asyncio.to_thread(StudentPasswords.from_data_dir, settings.data)
+        self.runner = Runner(self.config, self.store, passwords)
+        self.queue = ProcessingQueue(self.runner, self.intake)
+        self.uploads = Uploads(self.queue, settings.data, settings.max_upload_bytes)
+        try:
+            self.ssh = await asyncssh.create_server(
+                lambda: DistrictSSHServer(self),
+                settings.listen,
+                self.port,
+                server_host_keys=[str(k) for k in keys],
+                sftp_factory=self._sftp_session,
+                allow_scp=False,
+                agent_forwarding=False,
+                x11_forwarding=False,
+                allow_pty=False,
+                keepalive_interval=KEEPALIVE_SECONDS,
+                keepalive_count_max=KEEPALIVE_COUNT,
+                login_timeout=LOGIN_TIMEOUT,
+                reuse_address=True,
+            )
+        except OSError as exc:
+            await self._close_stores()
+            raise BindError(bind_message(settings.listen, self.port, exc)) from exc
+        self.port = self.ssh.sockets[0].getsockname()[1]
+        if settings.ftp_refusal_port:
+            try:
+                self.ftp = await start_ftp_refusal(settings.listen, settings.ftp_refusal_port)
+            except OSError as exc:
+                log.error(
+                    "FTP refusal listener not started: %s",
+                    bind_message(settings.listen, settings.ftp_refusal_port, exc),
+                )
+        resumed = await self.queue.resume()
+        if resumed:
+            log.info("resuming %d queued run(s) left from before the last stop", resumed)
+        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        log.info(
+            "eAMS SFTP listening on %s:%d (%d districts)",
+            settings.listen,
+            self.port,
+            len(self.config.districts),
+        )
+
+    @property
+    def ftp_port(self) -> int | None:
+        return self.ftp.sockets[0].getsockname()[1] if self.ftp and self.ftp.sockets else None
+
+    async def stop(self) -> None:
+        """Stop accepting, end sessions, let runs in progress finish."""
+        log.info("stopping: no new connections; waiting for runs in progress")
+        if self.ssh is not None:
+            self.ssh.close()
+        if self.ftp is not None:
+            self.ftp.close()
+        for conn in list(self.connections):
+            conn.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.queue.stop()
+        if self.ssh is not None:
+            await self.ssh.wait_closed()
+        if self.ftp is not None:
+            await self.ftp.wait_closed()
+        await self._close_stores()
+        log.info("stopped")
+        self.stopped.set()
+
+    async def _close_stores(self) -> None:
+        for store in (getattr(self, "store", None), getattr(self, "intake", None)):
+            if store is not None:
+                await store.close()
+
+    # ---- sessions ----------------------------------------------------------------------
+
+    def _sftp_session(self, chan: asyncssh.SSHServerChannel[bytes]) -> DistrictSFTPServer:
+        username = chan.get_extra_info("username")
+        district = self.accounts.district_for(username)
+        if district is None:  # removed by a reload after the login
+            chan.close()
+            raise asyncssh.ChannelOpenError(
+                asyncssh.OPEN_ADMINISTRATIVELY_PROHIBITED, "this account no longer exists"
+            )
+        server = DistrictSFTPServer(
+            chan,
+            district_id=district.id,
+            home=self.config.server.homes / district.id,
+            uploads=self.uploads,
+        )
+        self.sessions.add(server)
+        return server
+
+    # ---- reload and housekeeping ----------------------------------------------------------
+
+    async def reload(self) -> bool:
+        """SIGHUP: re-read config.toml; keep the old config if the new one has errors."""
+        try:
+            new = await asyncio.to_thread(Config.from_toml, self.config.path)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("config reload refused: %s", problem)
+            log.error("config reload refused: the previous configuration stays in force")
+            return False
+        for warning in await self.store.sync_config(new):
+            log.warning("%s", warning)
+        for district_id in new.districts:
+            prepare_home(new.server.homes / district_id)
+        self.config = new
+        self.runner.config = new
+        self.accounts = Accounts(new)
+        if new.server.port != self.config.server.port:
+            log.warning("a new [server] port takes effect at the next restart")
+        log.info("config reloaded: %d districts", len(new.districts))
+        return True
+
+    async def _housekeeping(self) -> None:
+        """Hourly: old temp uploads and results; every minute: idle sessions."""
+        last_sweep = 0.0
+        while True:
+            now = time.monotonic()
+            if now - last_sweep >= HOUSEKEEPING_SECONDS:
+                last_sweep = now
+                for district_id in self.config.districts:
+                    home = self.config.server.homes / district_id
+                    removed = await asyncio.to_thread(
+                        sweep, home, results_days=self.config.server.results_retention_days
+                    )
+                    for path in removed:
+                        log.info("removed old file %s", path)
+            for session in list(self.sessions):
+                if now - session.last_activity > IDLE_TIMEOUT:
+                    log.info("closing idle SFTP session of %s", session.district_id)
+                    session.channel.close()
+            await asyncio.sleep(60)
+
+
+class BindError(Exception):
+    pass
+
+
+def bind_message(host: str, port: int, exc: OSError) -> str:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.EACCES and port < 1024:
+        reason += " (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+    elif exc.errno == errno.EADDRINUSE:
+        reason += " (another program is listening there)"
+    return f"cannot listen on {host}:{port}: {reason}"
+
+
+async def run_server(config: Config, port: int | None = None) -> int:
+    app = EamsServer(config, port=port)
+    try:
+        await app.start()
+    except BindError as exc:
+        log.error("%s", exc)
+        return 1
+    loop = asyncio.get_running_loop()
+    stopping: list[asyncio.Task[Any]] = []
+
+    def request_stop() -> None:
+        if not stopping:
+            stopping.append(asyncio.create_task(app.stop()))
+
+    reloads: set[asyncio.Task[bool]] = set()
+
+    def request_reload() -> None:
+        task = asyncio.create_task(app.reload())
+        reloads.add(task)
+        task.add_done_callback(reloads.discard)
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, request_stop)
+    loop.add_signal_handler(signal.SIGHUP, request_reload)
+    await app.stopped.wait()
+    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        with contextlib.suppress(Exception):
+            loop.remove_signal_handler(sig)
+    return 0
+
+
+def serve(config: Config, *, port: int | None = None) -> int:
+    """Blocking entry point for `eams serve`."""
+    logging.getLogger().setLevel(logging.INFO)
+    logging.getLogger("asyncssh").setLevel(logging.WARNING)
+    return asyncio.run(run_server(config, port))

@@ -1,0 +1,192 @@
+"""Upload completion (SPEC §3.1): when a students.csv is really complete.
+
+Two signals complete an upload:
+- an explicit SSH_FXP_CLOSE of a handle opened for writing on `students.csv`
+  (written to a hidden staging file, renamed over `students.csv` only then);
+- a RENAME of a client's temporary upload (`students.csv.filepart`, `*.part`,
+  `*.tmp`, ...) to `students.csv` (WinSCP's default for files over 100 KB).
+
+A handle closed because the connection dropped is NOT a completion: its
+staging file is discarded and the previous `students.csv` stays as it was.
+Before either signal is answered, the file is in the spool and its run is
+recorded as queued (`ProcessingQueue.submit`), so an acknowledged upload
+survives a crash.
+
+No asyncssh here: `server/sftp.py` maps this module's `UploadRefused` to SFTP
+status codes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import BinaryIO, cast
+
+from attrs import define
+
+from processing.jobs import UploadJob, fsync_dir, spool_copy
+from processing.queue import ProcessingQueue
+from processing.store import RunRecord, utc_now
+from server.jail import is_temp_name
+
+log = logging.getLogger("eams.uploads")
+
+STAGING_PREFIX = ".eams-staging-"
+TEMP_MAX_AGE = 24 * 3600
+
+
+class UploadRefused(Exception):
+    """An upload the client must be told about (too large, disk full)."""
+
+
+@define
+class StagedUpload:
+    """An open write handle on students.csv: the bytes go to `staging` until CLOSE."""
+
+    district_id: str
+    virtual: str  # "/students.csv" or "/check/students.csv"
+    target: Path
+    staging: Path
+    file: BinaryIO
+    refused: str | None = None
+
+
+@define
+class TempUpload:
+    """An open write handle on a client's temporary upload name (kept on a drop)."""
+
+    district_id: str
+    path: Path
+    file: BinaryIO
+    refused: str | None = None
+
+
+def too_large_message(limit: int) -> str:
+    return f"file too large: uploads are limited to {limit // (1024 * 1024)} MB"
+
+
+class Uploads:
+    def __init__(self, queue: ProcessingQueue, data: Path, max_bytes: int) -> None:
+        self.queue = queue
+        self.data = data
+        self.max_bytes = max_bytes
+
+    # ---- opening ---------------------------------------------------------------
+
+    def open_direct(
+        self, district_id: str, virtual: str, target: Path, *, truncate: bool
+    ) -> StagedUpload:
+        """Open a hidden staging file beside `target`; `students.csv` is untouched."""
+        staging = target.with_name(f"{STAGING_PREFIX}{uuid.uuid4().hex}")
+        fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
+        handle = os.fdopen(fd, "r+b")
+        if not truncate and target.exists():  # a resumed or patched write: start from it
+            with open(target, "rb") as current:
+                while chunk := current.read(1024 * 1024):
+                    handle.write(chunk)
+        return StagedUpload(district_id, virtual, target, staging, handle)
+
+    def open_temp(self, district_id: str, path: Path, mode: str) -> TempUpload:
+        return TempUpload(district_id, path, cast(BinaryIO, open(path, mode)))
+
+    # ---- writing ------------------------------------------------------------------
+
+    def write(self, upload: StagedUpload | TempUpload, offset: int, data: bytes) -> int:
+        """Write at `offset`, refusing (and discarding the upload) past `max_upload_mb`."""
+        if upload.refused:
+            raise UploadRefused(upload.refused)
+        if offset + len(data) > self.max_bytes:
+            upload.refused = too_large_message(self.max_bytes)
+            # Unlink now so that neither a CLOSE nor a RENAME can complete it.
+            path = upload.staging if isinstance(upload, StagedUpload) else upload.path
+            path.unlink(missing_ok=True)
+            log.warning("upload by %s refused: over %d bytes", upload.district_id, self.max_bytes)
+            raise UploadRefused(upload.refused)
+        try:
+            upload.file.seek(offset)
+            return upload.file.write(data)
+        except OSError as exc:
+            upload.refused = f"the server could not store the upload: {exc.strerror}"
+            raise UploadRefused(upload.refused) from exc
+
+    # ---- completing ---------------------------------------------------------------
+
+    async def close_direct(self, upload: StagedUpload, *, explicit: bool) -> RunRecord | None:
+        """CLOSE of a staged students.csv: complete it, or discard it after a drop."""
+        if not explicit or upload.refused:
+            upload.file.close()
+            upload.staging.unlink(missing_ok=True)
+            if not explicit:
+                log.warning(
+                    "upload of %s by %s cut off (connection lost before CLOSE): discarded, "
+                    "previous students.csv kept",
+                    upload.virtual,
+                    upload.district_id,
+                )
+            return None
+        try:
+            upload.file.flush()
+            os.fsync(upload.file.fileno())
+            upload.file.close()
+            os.replace(upload.staging, upload.target)
+            fsync_dir(upload.target.parent)
+        except OSError as exc:
+            upload.staging.unlink(missing_ok=True)
+            raise UploadRefused(f"the server could not store the upload: {exc.strerror}") from exc
+        return await self.complete(upload.district_id, upload.virtual, upload.target)
+
+    async def complete(self, district_id: str, virtual: str, path: Path) -> RunRecord:
+        """Spool the finished students.csv durably and queue its run; then answer."""
+        received = utc_now()
+        try:
+            spooled, size = await asyncio.to_thread(spool_copy, path, self.data, district_id)
+        except OSError as exc:
+            raise UploadRefused(f"the server could not store the upload: {exc.strerror}") from exc
+        dry_run = virtual.startswith("/check/")
+        job = UploadJob(
+            district_id=district_id,
+            spool_path=spooled,
+            size=size,
+            received_at=received,
+            source=virtual.lstrip("/"),
+            dry_run=dry_run,
+        )
+        record = await self.queue.submit(job)
+        log.info(
+            "upload complete: district %s, %s, %d bytes, run %s%s",
+            district_id,
+            virtual,
+            size,
+            record.run_id,
+            " (dry run)" if dry_run else "",
+        )
+        return record
+
+
+def sweep(home: Path, *, results_days: float, now: float | None = None) -> list[Path]:
+    """Remove leftover temp/staging files older than a day and results past retention."""
+    now = time.time() if now is None else now
+    removed = []
+    for folder in (home, home / "check"):
+        for entry in _entries(folder):
+            stale = now - entry.stat().st_mtime > TEMP_MAX_AGE
+            if stale and (entry.name.startswith(STAGING_PREFIX) or is_temp_name(entry.name)):
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    if results_days > 0:
+        for entry in _entries(home / "results"):
+            if now - entry.stat().st_mtime > results_days * 86400:
+                entry.unlink(missing_ok=True)
+                removed.append(entry)
+    return removed
+
+
+def _entries(folder: Path) -> list[Path]:
+    try:
+        return [p for p in folder.iterdir() if p.is_file() and not p.is_symlink()]
+    except FileNotFoundError:
+        return []

@@ -1,0 +1,185 @@
+"""Shared test helpers: a config.toml writer, an in-process `eams`, CSV writing, the invariant.
+
+Kept small and generic: import the helpers with `from tests.conftest import ...`,
+or use the `config_path` fixture for the default one-district config.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import functools
+import io
+import json
+import sqlite3
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from processing.model import TEMPLATE_COLUMNS
+
+SPR, SHE = "springfield", "shelbyville"
+ORDERS = {
+    SPR: ("ENT-SPR-2026", "REG-SPR-1001"),
+    SHE: ("ENT-SHE-2026", "REG-SHE-1001"),
+}
+NAMES = {SPR: "Springfield Public Schools", SHE: "Shelbyville Unified"}
+SCHOOLS = (("0101", "Lincoln Elementary"), ("0102", "Roosevelt Middle"), ("0201", "Jefferson High"))
+SFTP_PASSWORD = "district-sftp-pw-2026"
+
+
+@functools.cache
+def password_hash() -> str:
+    """One scrypt per test session (it is deliberately slow)."""
+    from server.accounts import hash_password
+
+    return hash_password(SFTP_PASSWORD)
+
+
+def _per_district(value: Any, district_id: str) -> Any:
+    return value.get(district_id) if isinstance(value, dict) else value
+
+
+def make_config(tmp_path: Path, **overrides: Any) -> Path:
+    """Write `<tmp_path>/config.toml` (overwriting it) and return its path.
+
+    Overrides (a dict keyed by district id sets one value per district):
+      districts=("springfield",) or ("springfield", "shelbyville")
+      licenses=100, regular_licenses=40, order_id="ENT-SPR-2026",
+      grades=None (default K-12), deactivation_guard=None (default 0.25),
+      max_upload_mb=200, extra_toml="" (appended verbatim).
+    """
+    districts = overrides.pop("districts", (SPR,))
+    licenses = overrides.pop("licenses", 100)
+    regular_licenses = overrides.pop("regular_licenses", 40)
+    order_id = overrides.pop("order_id", None)
+    grades = overrides.pop("grades", None)
+    guard = overrides.pop("deactivation_guard", None)
+    max_upload_mb = overrides.pop("max_upload_mb", 200)
+    extra = overrides.pop("extra_toml", "")
+    if overrides:
+        raise TypeError(f"unknown make_config overrides: {sorted(overrides)}")
+    q = json.dumps  # a JSON string is a valid TOML basic string
+    lines = [
+        "[server]",
+        'listen = "127.0.0.1"',
+        "port = 0",
+        "ftp_refusal_port = 0",
+        f"host_keys = {q(str(tmp_path / 'host_keys'))}",
+        f"homes = {q(str(tmp_path / 'homes'))}",
+        f"data = {q(str(tmp_path / 'data'))}",
+        f"max_upload_mb = {max_upload_mb}",
+        "",
+        "[operators]",
+        'notify = ["support@myaccess.example"]',
+    ]
+    for district_id in districts:
+        enterprise, regular = ORDERS[district_id]
+        enterprise = _per_district(order_id, district_id) or enterprise
+        lines += [
+            "",
+            f"[districts.{district_id}]",
+            f"name = {q(NAMES[district_id])}",
+            f"username = {q(district_id)}",
+            f"password_hash = {q(password_hash())}",
+            f'notify = ["sis-admin@{district_id}.k12.example"]',
+        ]
+        district_grades = _per_district(grades, district_id)
+        if district_grades is not None:
+            lines.append(f"grades = {json.dumps(list(district_grades))}")
+        district_guard = _per_district(guard, district_id)
+        if district_guard is not None:
+            lines.append(f"deactivation_guard = {district_guard}")
+        lines += [
+            "",
+            f"[districts.{district_id}.order]",
+            f"id = {q(enterprise)}",
+            f"licenses = {_per_district(licenses, district_id)}",
+            "",
+            f"[[districts.{district_id}.regular_orders]]",
+            f"id = {q(regular)}",
+            f"licenses = {_per_district(regular_licenses, district_id)}",
+        ]
+        for code, name in SCHOOLS:
+            lines += ["", f"[[districts.{district_id}.schools]]"]
+            lines += [f"code = {q(code)}", f"name = {q(name)}"]
+    path = tmp_path / "config.toml"
+    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    return path
+
+
+@pytest.fixture
+def config_path(tmp_path: Path) -> Path:
+    """The default config: springfield only, 100 enterprise and 40 regular licenses."""
+    return make_config(tmp_path)
+
+
+def eams(*args: str, config: Path | str) -> tuple[int, str, str]:
+    """Run `eams ARGS --config CONFIG` in-process; return (exit code, stdout, stderr)."""
+    from server.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main([*args, "--config", str(config)])
+    return code, out.getvalue(), err.getvalue()
+
+
+def eams_json(*args: str, config: Path | str) -> Any:
+    """Run an `eams ... --json` listing that must succeed; return the parsed JSON."""
+    code, out, err = eams(*args, "--json", config=config)
+    assert code == 0, err
+    return json.loads(out)
+
+
+def csv_text(
+    rows: Iterable[Sequence[str] | str], newline: str = "\r\n", header: bool = True
+) -> str:
+    """The template header (unless header=False) and rows; a str row is written verbatim."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator=newline)
+    if header:
+        writer.writerow(TEMPLATE_COLUMNS)
+    for row in rows:
+        if isinstance(row, str):
+            out.write(row + newline)
+        else:
+            writer.writerow(row)
+    return out.getvalue()
+
+
+def write_csv(
+    path: Path,
+    rows: Iterable[Sequence[str] | str] = (),
+    *,
+    encoding: str = "utf-8",
+    newline: str = "\r\n",
+    header: bool = True,
+) -> Path:
+    """Write a students.csv; encoding "utf-8-sig" adds a UTF-8 BOM, "utf-16" a UTF-16 one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(csv_text(rows, newline, header).encode(encoding))
+    return path
+
+
+def db_path(config_path: Path | str) -> Path:
+    from processing.config import Config
+
+    return Config.from_toml(config_path).server.data / "eams.sqlite3"
+
+
+def assert_invariant(config_path: Path | str) -> None:
+    """SPEC §5: for every order, `used` == its active students, and `used` >= 0."""
+    path = db_path(config_path)
+    if not path.exists():
+        return
+    with contextlib.closing(sqlite3.connect(path)) as db:
+        rows = db.execute(
+            "SELECT o.district_id, o.id, o.used, "
+            "(SELECT count(*) FROM students s WHERE s.district_id = o.district_id "
+            " AND s.order_id = o.id AND s.active = 1) FROM orders o"
+        ).fetchall()
+    for district_id, order_id, used, active in rows:
+        assert used >= 0, f"{district_id}/{order_id}: used {used} < 0"
+        assert used == active, f"{district_id}/{order_id}: used {used} but {active} active"
