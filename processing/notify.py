@@ -159,3 +159,37 @@ def run_emails(
     message = build_message(config.sender, recipients, subject, body, to=to, cc=cc)
     kind = state if state != "done" else ("partial" if result["errors"] else "success")
     return [QueuedEmail(kind=kind, recipients=recipients, message=message)]
+
+
+def stale_email(
+    config: Config, district: District, last_upload: datetime | None, now: datetime
+) -> QueuedEmail:
+    """SPEC §6.4 missing upload: to the district and the operators, once per silence."""
+    subject = f"MY Access eAMS: no update received from {district.name}"
+    since = (
+        f"The last students.csv arrived at {last_upload:%Y-%m-%d %H:%M} UTC."
+        if last_upload
+        else "No students.csv has been received since the district was set up."
+    )
+    body = "\n".join(
+        [
+            f"District: {district.name} ({district.id})",
+            "",
+            f"MY Access eAMS has received no students.csv from {district.name} for more than "
+            f"{district.stale_after_hours:g} hours (checked {now:%Y-%m-%d %H:%M} UTC).",
+            since,
+            "",
+            "A nightly SIS extract that fails silently lets the MY Access roster drift out of "
+            "sync. Please check the scheduled export and the SFTP upload job.",
+            "",
+            "You will not be reminded again until the next upload arrives.",
+            "",
+            "-- ",
+            "MY Access eAMS (this message was sent automatically)",
+        ]
+    )
+    to = list(district.notify)
+    cc = [a for a in config.operators_notify if a not in to]
+    recipients = tuple(to + cc)
+    message = build_message(config.sender, recipients, subject, body + "\n", to=to, cc=cc, now=now)
+    return QueuedEmail(kind="stale", recipients=recipients, message=message)

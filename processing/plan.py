@@ -15,7 +15,7 @@ from typing import Any
 
 from attrs import define, field, frozen
 
-from processing.model import PASSWORD_COLUMN, RawRow, Row, RowCode, RowError
+from processing.model import PASSWORD_COLUMN, TEMPLATE_COLUMNS, RawRow, Row, RowCode, RowError
 from processing.rules import Outcome, Student, decide
 from processing.validate import validate
 
@@ -71,10 +71,25 @@ class PlannedError:
 
 
 def mask(fields: tuple[str, ...]) -> tuple[str, ...]:
-    """The row's values with the Password replaced, so it is never stored or shown."""
-    if len(fields) > PASSWORD_COLUMN and fields[PASSWORD_COLUMN].strip():
-        return (*fields[:PASSWORD_COLUMN], "***", *fields[PASSWORD_COLUMN + 1 :])
-    return fields
+    """The row's values with the Password hidden, so it is never stored or shown.
+
+    When the row does not have the template's nine columns (an unquoted comma,
+    an unclosed quote that swallowed the lines below), nobody can tell which
+    value is the password, so only School Code and Student ID are kept (unless
+    they span lines) and every other value becomes `***`.
+    """
+    width = len(TEMPLATE_COLUMNS)
+    trimmed = fields
+    while len(trimmed) > width and not trimmed[-1].strip():
+        trimmed = trimmed[:-1]
+    if len(trimmed) == width:
+        if trimmed[PASSWORD_COLUMN].strip():
+            return (*trimmed[:PASSWORD_COLUMN], "***", *trimmed[PASSWORD_COLUMN + 1 :])
+        return trimmed
+    return tuple(
+        v if i < 2 and "\n" not in v and "\r" not in v else ("***" if v.strip() else "")
+        for i, v in enumerate(trimmed)
+    )
 
 
 @define

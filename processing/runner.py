@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +56,7 @@ class Runner:
         self.config = config
         self.store = store
         self.passwords = passwords
+        self.on_finished: Callable[[RunOutcome], None] | None = None  # e.g. wake the sender
 
     async def submit(self, job: UploadJob) -> RunRecord:
         """Record a spooled upload as a queued run; after this it cannot be lost."""
@@ -116,9 +117,8 @@ class Runner:
         plan = await asyncio.to_thread(
             _second_pass, path, limit, state, district, target, first, taken, self.passwords
         )
-        held_reason = None
-        if not record.dry_run and record.state != "approved":
-            held_reason = guard_reason(plan, district)
+        # A dry run is held too: it reports what the real upload would do (SPEC §6.2).
+        held_reason = None if record.state == "approved" else guard_reason(plan, district)
         run_state = "held" if held_reason else "done"
         result = build_result(
             record,
@@ -186,6 +186,8 @@ class Runner:
         if outcome.result["state"] != "held" and record.spool_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(record.spool_path)
+        if self.on_finished is not None:
+            self.on_finished(outcome)
         result = outcome.result
         log.info(
             "run %s %s: %s rows, %s added, %s updated, %s unchanged, %s errors%s",

@@ -273,6 +273,11 @@ async def _held_run(rt: Runtime, run_id: str, district: str | None) -> RunRecord
         names = ", ".join(r.district_id for r in runs)
         raise UsageError(f"run id {run_id} exists for several districts ({names}): add --district")
     run = runs[0]
+    if run.dry_run:
+        raise CommandFailed(
+            f"run {run_id} is a dry run (check/): it shows what would be held; "
+            "nothing can be approved"
+        )
     if run.state != "held":
         raise CommandFailed(f"run {run_id} is {run.state}, not held")
     return run

@@ -183,3 +183,153 @@ def assert_invariant(config_path: Path | str) -> None:
     for district_id, order_id, used, active in rows:
         assert used >= 0, f"{district_id}/{order_id}: used {used} < 0"
         assert used == active, f"{district_id}/{order_id}: used {used} but {active} active"
+
+
+# ---- a real eAMS server in-process (tests/server/test_sftp_e2e.py and friends) -------------
+#
+# `start_server` starts `EamsServer(config, port=0)` on 127.0.0.1 from a make_config file
+# and stops it when the test ends. Host keys are generated once per session and copied
+# (RSA-3072 generation would otherwise cost every test a few hundred milliseconds).
+
+
+def add_toml_keys(config_path: Path, table: str, **values: Any) -> Path:
+    """Add `key = value` lines (values JSON-encoded) to `[table]` of a make_config file.
+
+    For keys make_config has no override for: `add_toml_keys(p, "server",
+    login_attempts=3)`, `add_toml_keys(p, "districts.springfield", schedule="nightly@02:00")`.
+    A key already in the table is replaced.
+    """
+    lines = config_path.read_text(encoding="utf-8").split("\n")
+    header = lines.index(f"[{table}]")
+    end = header + 1
+    while end < len(lines) and not lines[end].startswith("["):
+        end += 1
+    body = [ln for ln in lines[header + 1 : end] if ln.split(" = ")[0] not in values]
+    added = [f"{key} = {json.dumps(value)}" for key, value in values.items()]
+    lines[header + 1 : end] = added + body
+    config_path.write_text("\n".join(lines), encoding="utf-8")
+    return config_path
+
+
+async def wait_for(predicate: Any, timeout: float = 10.0, message: str = "") -> None:
+    """Poll `predicate()` (sync or async) until it is true; fail at the deadline."""
+    import asyncio
+    import inspect
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = predicate()
+        if inspect.isawaitable(value):
+            value = await value
+        if value:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {message or predicate}")
+        await asyncio.sleep(0.01)
+
+
+@pytest.fixture(scope="session")
+def shared_host_keys(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One set of server host keys for the whole session (copied into each test's config)."""
+    from server.hostkeys import ensure_host_keys
+
+    folder = tmp_path_factory.mktemp("host_keys")
+    ensure_host_keys(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def client_key(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """An ed25519 client key: (private key file for `ssh -i`, public line for authorized_keys)."""
+    import os
+
+    import asyncssh
+
+    key = asyncssh.generate_private_key("ssh-ed25519", comment="dba@sis")
+    path = tmp_path_factory.mktemp("client_key") / "id_ed25519"
+    key.write_private_key(str(path))
+    os.chmod(path, 0o600)
+    return path, key.export_public_key().decode("ascii").strip()
+
+
+class ServerHandle:
+    """A started in-process EamsServer and the paths a test needs."""
+
+    def __init__(self, app: Any, config_path: Path) -> None:
+        self.app = app
+        self.config_path = config_path
+
+    @property
+    def port(self) -> int:
+        port: int = self.app.port
+        return port
+
+    def home(self, district_id: str = SPR) -> Path:
+        home: Path = self.app.config.server.homes / district_id
+        return home
+
+    def results(self, district_id: str = SPR, suffix: str = ".result.json") -> list[Path]:
+        return sorted((self.home(district_id) / "results").glob(f"*{suffix}"))
+
+    def connect(self, username: str = SPR, password: str = SFTP_PASSWORD, **options: Any) -> Any:
+        """`asyncssh.connect` to this server (use `async with`)."""
+        import asyncssh
+
+        return asyncssh.connect(
+            "127.0.0.1",
+            self.port,
+            username=username,
+            password=password,
+            known_hosts=None,
+            client_keys=None,
+            agent_path=None,
+            **options,
+        )
+
+
+def server_config(
+    tmp_path: Path,
+    client_public_key: str,
+    *,
+    server: dict[str, Any] | None = None,
+    district_keys: dict[str, dict[str, Any]] | None = None,
+    **overrides: Any,
+) -> Path:
+    """make_config, plus `[server]` keys and per-district keys; every district also gets
+    `client_public_key` in its authorized_keys (password logins work as well)."""
+    path = make_config(tmp_path, **overrides)
+    if server:
+        add_toml_keys(path, "server", **server)
+    for district_id in overrides.get("districts", (SPR,)):
+        keys: dict[str, Any] = {"authorized_keys": [client_public_key]}
+        keys.update((district_keys or {}).get(district_id, {}))
+        add_toml_keys(path, f"districts.{district_id}", **keys)
+    return path
+
+
+@pytest.fixture
+async def start_server(tmp_path: Path, shared_host_keys: Path, client_key: tuple[Path, str]) -> Any:
+    """A factory: `handle = await start_server(**server_config arguments)`. Each server
+    listens on 127.0.0.1, port 0, and is stopped at the end of the test."""
+    import shutil
+
+    from processing.config import Config
+    from server.app import EamsServer
+
+    started: list[Any] = []
+    host_keys = tmp_path / "host_keys"
+    if not host_keys.exists():
+        shutil.copytree(shared_host_keys, host_keys)
+
+    async def start(**arguments: Any) -> ServerHandle:
+        path = server_config(tmp_path, client_key[1], **arguments)
+        app = EamsServer(Config.from_toml(path), port=0)
+        await app.start()
+        started.append(app)
+        return ServerHandle(app, path)
+
+    yield start
+    for app in reversed(started):
+        if not app.stopped.is_set():
+            await app.stop()

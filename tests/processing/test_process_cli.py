@@ -845,7 +845,7 @@ def _one_line_usage_error(code: int, err: str) -> None:
 def test_exit_2_for_an_unknown_district(tmp_path: Path) -> None:
     cfg = make_config(tmp_path)
     path = write_csv(tmp_path / "s.csv", [student("S1")])
-    code, out, err = eams("process", "--district", "nowhere", str(path), config=cfg)
+    code, _, err = eams("process", "--district", "nowhere", str(path), config=cfg)
     _one_line_usage_error(code, err)
     assert "nowhere" in err
     code, _, err = eams("students", "--district", "nowhere", config=cfg)
