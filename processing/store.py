@@ -772,6 +772,15 @@ class Store:
         )
 
     @serialized
+    async def backup(self, target: Path) -> None:
+        """A consistent copy of the live database (SQLite's online backup API)."""
+        destination = await aiosqlite.connect(target)
+        try:
+            await self.db.backup(destination)
+        finally:
+            await destination.close()
+
+    @serialized
     async def invariant_violations(self) -> list[str]:
         """Orders whose `used` differs from the count of active students on them (SPEC §5)."""
         rows = await self.db.execute_fetchall(

@@ -24,7 +24,7 @@ from attrs import frozen
 
 from processing.config import Config, ConfigError
 from processing.jobs import UploadJob, spool_copy
-from processing.passwords import StudentPasswords
+from processing.passwords import KEY_FILE, StudentPasswords
 from processing.reports import render_result_txt
 from processing.runner import Runner, RunOutcome
 from processing.store import RunRecord, Store, utc_now
@@ -306,6 +306,26 @@ async def cmd_discard(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+async def cmd_backup(args: argparse.Namespace) -> int:
+    """Copy the database (online, while the server runs) and the password key into PATH."""
+    config = load_config(args.config)
+    target = Path(args.path)
+    if target.exists() and any(target.iterdir()):
+        raise UsageError(f"{target}: exists and is not empty; give a new folder")
+    target.mkdir(parents=True, exist_ok=True)
+    os.chmod(target, 0o700)
+    async with open_runtime(config) as rt:
+        await rt.store.backup(target / "eams.sqlite3")
+    os.chmod(target / "eams.sqlite3", 0o600)
+    key = config.server.data / KEY_FILE
+    fd = os.open(target / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as handle:
+        handle.write(key.read_bytes())
+    print(f"backup written to {target}: eams.sqlite3 and {KEY_FILE} (keep it private: it "
+          "decrypts student passwords). Restore: stop eams, copy both into the data folder.")
+    return EXIT_OK
+
+
 # ---- argument parsing ----------------------------------------------------------
 
 
@@ -345,6 +365,8 @@ def build_parser() -> argparse.ArgumentParser:
     runs = add("runs", cmd_runs, "list processing runs, newest first")
     runs.add_argument("--district")
     runs.add_argument("--json", action="store_true")
+    backup = add("backup", cmd_backup, "copy the database and password key into a new folder")
+    backup.add_argument("path")
     for name, handler, text in (
         ("approve", cmd_approve, "apply a held run"),
         ("discard", cmd_discard, "drop a held run"),
