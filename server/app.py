@@ -26,7 +26,9 @@ from processing.model import TEMPLATE_HEADER
 from processing.passwords import StudentPasswords
 from processing.queue import ProcessingQueue
 from processing.runner import Runner
-from processing.store import Store
+from processing.sender import Sender
+from processing.stale import check_stale
+from processing.store import Store, utc_now
 from server.accounts import Accounts, BanList
 from server.ftp_refusal import start_ftp_refusal
 from server.hostkeys import ensure_host_keys, fingerprints
@@ -40,6 +42,7 @@ KEEPALIVE_COUNT = 4
 LOGIN_TIMEOUT = 60
 IDLE_TIMEOUT = 30 * 60  # an SFTP session that makes no request for this long is closed
 HOUSEKEEPING_SECONDS = 3600
+STALE_CHECK_SECONDS = 300
 
 
 def prepare_home(home: Path) -> None:
@@ -70,6 +73,10 @@ class DistrictSSHServer(asyncssh.SSHServer):
             conn.close()
             return
         self.app.connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.conn is not None:
+            self.app.connections.discard(self.conn)
 
     def begin_auth(self, username: str) -> bool:
         keys = self.app.accounts.authorized_keys(username)
@@ -169,6 +176,15 @@ class EamsServer:
         if resumed:
             log.info("resuming %d queued run(s) left from before the last stop", resumed)
         self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
+        self.sender = Sender(
+            self.store,
+            lambda: self.config.smtp,
+            lambda: self.config.sender,
+            settings.data / "outbox",
+        )
+        self.runner.on_finished = lambda _outcome: self.sender.wake()
+        self._tasks.append(asyncio.create_task(self.sender.run(), name="sender"))
+        self._tasks.append(asyncio.create_task(self._stale_alerts(), name="stale-alerts"))
         log.info(
             "eAMS SFTP listening on %s:%d (%d districts)",
             settings.listen,
@@ -240,11 +256,26 @@ class EamsServer:
             log.warning("%s", warning)
         for district_id in new.districts:
             prepare_home(new.server.homes / district_id)
+        old = self.config.server
         self.config = new
         self.runner.config = new
         self.accounts = Accounts(new)
-        if new.server.port != self.config.server.port:
-            log.warning("a new [server] port takes effect at the next restart")
+        self.uploads.max_bytes = new.server.max_upload_bytes
+        if (new.server.login_attempts, new.server.ban_minutes) != (
+            old.login_attempts,
+            old.ban_minutes,
+        ):
+            self.bans = BanList(new.server.login_attempts, new.server.ban_minutes)
+        restart_only = [
+            key
+            for key in ("listen", "port", "host_keys", "data", "ftp_refusal_port")
+            if getattr(new.server, key) != getattr(old, key)
+        ]
+        if restart_only:
+            log.warning(
+                "config reload: [server] %s take(s) effect at the next restart",
+                ", ".join(restart_only),
+            )
         log.info("config reloaded: %d districts", len(new.districts))
         return True
 
@@ -267,6 +298,17 @@ class EamsServer:
                     log.info("closing idle SFTP session of %s", session.district_id)
                     session.channel.close()
             await asyncio.sleep(60)
+
+
+    async def _stale_alerts(self) -> None:
+        """Every few minutes: alert districts whose uploads stopped (SPEC §6.4)."""
+        while True:
+            alerted = await check_stale(self.store, self.config, utc_now())
+            for district_id in alerted:
+                log.warning("no upload from %s for too long: alert queued", district_id)
+            if alerted:
+                self.sender.wake()
+            await asyncio.sleep(STALE_CHECK_SECONDS)
 
 
 class BindError(Exception):

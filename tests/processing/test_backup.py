@@ -22,7 +22,7 @@ def test_backup_restores_students_licenses_and_passwords(tmp_path: Path) -> None
     config = make_config(tmp_path / "live")
     upload = write_csv(
         tmp_path / "students.csv",
-        rows(30) + [["0102", "X1", "Bo", "Kim", "4", "bkim", "pw-x1-secret", "", "X"]],
+        [*rows(30), ["0102", "X1", "Bo", "Kim", "4", "bkim", "pw-x1-secret", "", "X"]],
     )
     assert eams("process", "--district", "springfield", str(upload), config=config)[0] == 0
 
