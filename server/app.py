@@ -14,6 +14,7 @@ import errno
 import logging
 import os
 import signal
+import sys
 import time
 import weakref
 from pathlib import Path
@@ -134,6 +135,10 @@ class EamsServer:
         for district_id in self.config.districts:
             prepare_home(settings.homes / district_id)
         keys = await asyncio.to_thread(ensure_host_keys, settings.host_keys)
+        # Parsed once: given paths, asyncssh re-reads and re-parses every key file on
+        # each login (its per-connection options reload), and a 3072-bit RSA parse
+        # made connect+auth twice as slow as OpenSSH (bench/sftp.py).
+        host_keys = await asyncio.to_thread(lambda: [asyncssh.read_private_key(k) for k in keys])
         for line in await asyncio.to_thread(fingerprints, settings.host_keys):
             log.info("host key %s", line)
         self.store = await Store.open(settings.data / "eams.sqlite3")
@@ -149,7 +154,7 @@ class EamsServer:
                 lambda: DistrictSSHServer(self),
                 settings.listen,
                 self.port,
-                server_host_keys=[str(k) for k in keys],
+                server_host_keys=host_keys,
                 sftp_factory=self._sftp_session,
                 allow_scp=False,
                 agent_forwarding=False,
@@ -299,7 +304,6 @@ class EamsServer:
                     session.channel.close()
             await asyncio.sleep(60)
 
-
     async def _stale_alerts(self) -> None:
         """Every few minutes: alert districts whose uploads stopped (SPEC §6.4)."""
         while True:
@@ -358,5 +362,9 @@ async def run_server(config: Config, port: int | None = None) -> int:
 def serve(config: Config, *, port: int | None = None) -> int:
     """Blocking entry point for `eams serve`."""
     logging.getLogger().setLevel(logging.INFO)
+    # A big district's run parses in a worker thread and holds the GIL in turns of
+    # the switch interval; the event loop serving every SFTP session waits up to
+    # one turn per I/O event. 1 ms (default 5) keeps small uploads quick meanwhile.
+    sys.setswitchinterval(0.001)
     logging.getLogger("asyncssh").setLevel(logging.WARNING)
     return asyncio.run(run_server(config, port))
