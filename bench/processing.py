@@ -415,6 +415,11 @@ def _visible_execute(execute: Callable[..., Awaitable[Any]]) -> Callable[..., Aw
     return wrapper
 
 
+async def in_connection_thread(store: Store, func: Callable[[], None]) -> None:
+    """Run `func` in aiosqlite's connection thread (to switch a profiler on or off there)."""
+    await store.db._execute(func)  # type: ignore[no-untyped-call]
+
+
 async def run_phase_async(spec: PhaseSpec) -> PhaseResult:
     config = Config.from_toml(spec.config)
     data = config.server.data
@@ -425,7 +430,7 @@ async def run_phase_async(spec: PhaseSpec) -> PhaseResult:
         runner = Runner(config, store, StudentPasswords.from_data_dir(data))
         if spec.profile:
             profilers = [cProfile.Profile(), cProfile.Profile()]
-            await store.db._execute(profilers[1].enable)  # aiosqlite's connection thread
+            await in_connection_thread(store, profilers[1].enable)
             profilers[0].enable()
         _STEPS.clear()
         start = time.perf_counter()
@@ -443,7 +448,7 @@ async def run_phase_async(spec: PhaseSpec) -> PhaseResult:
         seconds = time.perf_counter() - start
         if profilers:
             profilers[0].disable()
-            await store.db._execute(profilers[1].disable)
+            await in_connection_thread(store, profilers[1].disable)
         steps = dict(_STEPS)
         violations = await store.invariant_violations()
         orders = await store.list_orders(DISTRICT)
@@ -484,8 +489,8 @@ def run_phase(spec: PhaseSpec) -> PhaseResult:
     instrument()
     to_thread, execute = asyncio.to_thread, aiosqlite.Connection._execute
     if spec.profile:
-        asyncio.to_thread = _inline  # type: ignore[assignment]
-        aiosqlite.Connection._execute = _visible_execute(execute)  # type: ignore[method-assign]
+        asyncio.to_thread = _inline
+        aiosqlite.Connection._execute = _visible_execute(execute)  # type: ignore[method-assign,assignment]
     try:
         measured = asyncio.run(run_phase_async(spec))
     finally:

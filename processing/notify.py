@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from email.header import Header
 from email.message import EmailMessage
 from email.policy import SMTP
-from email.utils import format_datetime, make_msgid
+from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Any
 
 from processing.config import Config, District
@@ -126,16 +127,31 @@ def build_message(
     cc: Sequence[str] = (),
     now: datetime | None = None,
 ) -> bytes:
+    """The message as sent: 7-bit clean, so any SMTP server takes it unchanged.
+
+    The body is quoted-printable UTF-8 (no 8BITMIME needed). The Subject is
+    RFC 2047-encoded by `email.header` instead of the policy's folder, which
+    can emit an empty encoded-word (`=?utf-8?q??=`, CPython gh-136052) when a
+    district name with accents falls at the fold; strict servers reject that.
+    """
+    if not to:  # no district address: the operators are the addressees, not copied
+        to, cc = (tuple(cc) or tuple(recipients)), ()
     message = EmailMessage(policy=SMTP)
     message["From"] = sender
-    message["To"] = ", ".join(to) if to else ", ".join(recipients)
+    message["To"] = ", ".join(to)
     if cc:
         message["Cc"] = ", ".join(cc)
-    message["Subject"] = subject
     message["Date"] = format_datetime(now or utc_now())
-    message["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "eams.local")
-    message.set_content(body, charset="utf-8")
-    return message.as_bytes()
+    domain = parseaddr(sender)[1].rpartition("@")[2]
+    message["Message-ID"] = make_msgid(domain=domain or "eams.local")
+    message.set_content(body, charset="utf-8", cte="quoted-printable")
+    return encode_subject(subject) + message.as_bytes()
+
+
+def encode_subject(subject: str) -> bytes:
+    """`Subject: ...` CRLF, folded at whitespace, encoded-words of at most 75 characters."""
+    folded = Header(subject, header_name="Subject", maxlinelen=76).encode(linesep="\r\n")
+    return f"Subject: {folded}\r\n".encode("ascii")
 
 
 def run_emails(

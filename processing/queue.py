@@ -5,7 +5,10 @@ before left), so every district has its own FIFO and one worker task. Runs
 of different districts proceed in parallel up to `parallel` at once: the
 CPU-heavy part of a run is in a worker thread, and two cores serve two runs.
 
-`nightly@HH:MM` districts keep their queued runs until that local time.
+`nightly@HH:MM` districts keep their queued runs until that local time: a run
+is due at the first HH:MM after its upload was received, so every upload
+queued before the nightly time is processed then (in order), and a run whose
+nightly time passed while the server was down is processed at once.
 Runs left queued by a crash or a stop are picked up by `resume()`.
 """
 
@@ -24,12 +27,12 @@ from processing.store import RunRecord, Store
 log = logging.getLogger("eams.queue")
 
 
-def seconds_until(at: tuple[int, int], now: datetime) -> float:
-    """Seconds from local `now` until the next local HH:MM (0 < result <= 1 day)."""
-    target = now.replace(hour=at[0], minute=at[1], second=0, microsecond=0)
-    if target <= now:
+def nightly_due(at: tuple[int, int], received: datetime) -> datetime:
+    """The first local HH:MM strictly after local `received` (both naive local times)."""
+    target = received.replace(hour=at[0], minute=at[1], second=0, microsecond=0)
+    if target <= received:
         target += timedelta(days=1)
-    return (target - now).total_seconds()
+    return target
 
 
 class ProcessingQueue:
@@ -50,7 +53,7 @@ class ProcessingQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
-        self._active: set[str] = set()  # districts with a run in progress
+        self._active: set[str] = set()  # queue keys with a run in progress
         self._quiet = asyncio.Event()
         self._quiet.set()
         self._local_now = local_now
@@ -72,11 +75,14 @@ class ProcessingQueue:
     def _put(self, record: RunRecord) -> None:
         if self._stopping:
             return  # stays queued in the database; processed at the next start
-        queue = self._queues.get(record.district_id)
+        # Dry runs (check/) change nothing, so they need no place in the district's
+        # order: their own FIFO keeps them from waiting behind a nightly run.
+        key = f"{record.district_id}/check" if record.dry_run else record.district_id
+        queue = self._queues.get(key)
         if queue is None:
-            queue = self._queues[record.district_id] = asyncio.Queue()
-            self._workers[record.district_id] = asyncio.create_task(
-                self._work(record.district_id, queue), name=f"runs-{record.district_id}"
+            queue = self._queues[key] = asyncio.Queue()
+            self._workers[key] = asyncio.create_task(
+                self._work(key, record.district_id, queue), name=f"runs-{key}"
             )
         self._busy += 1
         self._idle.clear()
@@ -85,7 +91,7 @@ class ProcessingQueue:
     def _district(self, district_id: str) -> District | None:
         return self.runner.config.districts.get(district_id)
 
-    async def _work(self, district_id: str, queue: asyncio.Queue[RunRecord]) -> None:
+    async def _work(self, key: str, district_id: str, queue: asyncio.Queue[RunRecord]) -> None:
         while True:
             record = await queue.get()
             try:
@@ -98,24 +104,29 @@ class ProcessingQueue:
                     )
                     continue
                 if district.nightly_at and not record.dry_run:
-                    delay = seconds_until(district.nightly_at, self._local_now())
-                    log.info(
-                        "run %s %s waits %.0f s for %s",
-                        district_id,
-                        record.run_id,
-                        delay,
-                        district.schedule,
-                    )
-                    await asyncio.sleep(delay)
+                    # Due at the nightly time after the upload, not after "now": the
+                    # second of two uploads queued before 02:00 must not wait a day.
+                    received = record.received_at.astimezone().replace(tzinfo=None)
+                    due = nightly_due(district.nightly_at, received)
+                    delay = (due - self._local_now()).total_seconds()
+                    if delay > 0:
+                        log.info(
+                            "run %s %s waits %.0f s for %s",
+                            district_id,
+                            record.run_id,
+                            delay,
+                            district.schedule,
+                        )
+                        await asyncio.sleep(delay)
                 async with self._slots:
                     if self._stopping:
                         continue
-                    self._active.add(district_id)
+                    self._active.add(key)
                     self._quiet.clear()
                     try:
                         await self.runner.run(record)
                     finally:
-                        self._active.discard(district_id)
+                        self._active.discard(key)
                         if not self._active:
                             self._quiet.set()
                 self.finished.append(record)
@@ -141,8 +152,8 @@ class ProcessingQueue:
     async def stop(self) -> None:
         """Let runs in progress finish; runs not yet started stay queued in the database."""
         self._stopping = True
-        for district_id, worker in self._workers.items():
-            if district_id not in self._active:
+        for key, worker in self._workers.items():
+            if key not in self._active:
                 worker.cancel()
         await self._quiet.wait()
         for worker in self._workers.values():

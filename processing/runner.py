@@ -14,6 +14,7 @@ import contextlib
 import logging
 import os
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -175,6 +176,27 @@ class Runner:
                 emails=run_emails(self.config, district, result, errors),
             )
         return RunOutcome(record, result, tuple(errors))
+
+    async def rewrite_missing_results(self, days: float) -> int:
+        """At start: result files for runs finished in the database but not on disk.
+
+        A crash between a run's commit and its result files leaves the run
+        recorded but invisible to the district; the database has everything
+        needed to write the files again. Returns how many runs were rewritten.
+        """
+        since = utc_now() - timedelta(days=days)
+        rewritten = 0
+        for record in await self.store.finished_runs_since(since):
+            district = self.config.districts.get(record.district_id)
+            folder = self.results_dir(record.district_id)
+            if district is None or record.result is None:
+                continue
+            if (folder / f"{record.run_id}.result.json").exists():
+                continue
+            errors = await self.store.run_errors(record.district_id, record.run_id)
+            await asyncio.to_thread(write_results, folder, record.result, district.name, errors)
+            rewritten += 1
+        return rewritten
 
     def _after(self, outcome: RunOutcome) -> None:
         """After the commit: result files, and the spool copy is no longer needed."""

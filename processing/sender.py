@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sqlite3
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -76,6 +77,7 @@ class Sender:
         """Deliver forever (until cancelled); pending emails are tried at once on start."""
         await self.store.retry_pending_now(self.clock())
         while True:
+            self._wake.clear()  # before looking: a wake() during send_due is not lost
             try:
                 await self.send_due()
                 delay = self.poll
@@ -87,7 +89,6 @@ class Sender:
             except Exception:
                 log.exception("outbox sender: unexpected error; retrying shortly")
                 delay = self.poll
-            self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.05))
 
@@ -99,11 +100,20 @@ class Sender:
             if not items:
                 return attempted
             for item in items:
-                await self.deliver(item)
+                try:
+                    await self.deliver(item)
+                except sqlite3.Error:  # the database itself: run() logs and tries again
+                    raise
+                except Exception as exc:  # one bad email must not hold up the others
+                    log.exception("email %d (%s): unexpected error", item.id, item.kind)
+                    await self._retry(item, f"unexpected error: {exc!r}", item.recipients)
                 attempted += 1
 
     async def deliver(self, item: OutboxItem) -> None:
         smtp = self.smtp()
+        if not item.recipients:
+            await self._fail(item, "no recipients")
+            return
         if smtp is None:
             await asyncio.to_thread(self._write_eml, item)
             await self.store.mark_email(item, state="sent", now=self.clock())

@@ -10,11 +10,14 @@ tests drive it with a fake clock.
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta
 
 from processing.config import Config
 from processing.notify import stale_email
 from processing.store import Store, UploadStatus
+
+log = logging.getLogger("eams.stale")
 
 
 def is_stale(status: UploadStatus, hours: float, now: datetime) -> bool:
@@ -31,6 +34,9 @@ async def check_stale(store: Store, config: Config, now: datetime) -> list[str]:
     for status in await store.upload_status():
         district = config.districts.get(status.district_id)
         if district is None or not is_stale(status, district.stale_after_hours, now):
+            continue
+        if not district.notify and not config.operators_notify:
+            log.info("no upload from %s for too long, but nobody to notify", district.id)
             continue
         email = stale_email(config, district, status.last_upload_at, now)
         if await store.queue_stale_alert(district.id, email):

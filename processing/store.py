@@ -447,8 +447,18 @@ class Store:
         if district_id is not None:
             sql += " WHERE district_id = ?"
             params = (district_id,)
-        sql += " ORDER BY run_id DESC, district_id"
+        sql += " ORDER BY received_at DESC, seq DESC, district_id"
         return [RunRecord.from_db(row) for row in await self.db.execute_fetchall(sql, params)]
+
+    @serialized
+    async def finished_runs_since(self, since: datetime) -> list[RunRecord]:
+        """Finished runs received since `since` (to check their result files exist)."""
+        rows = await self.db.execute_fetchall(
+            f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ('done', 'failed', 'held') "
+            "AND received_at >= ? ORDER BY district_id, seq",
+            (iso(since),),
+        )
+        return [RunRecord.from_db(row) for row in rows]
 
     @serialized
     async def set_run_state(self, run: RunRecord, state: str, *, expect: str) -> None:

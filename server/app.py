@@ -177,6 +177,9 @@ class EamsServer:
                     "FTP refusal listener not started: %s",
                     bind_message(settings.listen, settings.ftp_refusal_port, exc),
                 )
+        rewritten = await self.runner.rewrite_missing_results(settings.results_retention_days or 90)
+        if rewritten:
+            log.info("wrote the missing result files of %d run(s)", rewritten)
         resumed = await self.queue.resume()
         if resumed:
             log.info("resuming %d queued run(s) left from before the last stop", resumed)

@@ -321,8 +321,10 @@ async def cmd_backup(args: argparse.Namespace) -> int:
     fd = os.open(target / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:
         handle.write(key.read_bytes())
-    print(f"backup written to {target}: eams.sqlite3 and {KEY_FILE} (keep it private: it "
-          "decrypts student passwords). Restore: stop eams, copy both into the data folder.")
+    print(
+        f"backup written to {target}: eams.sqlite3 and {KEY_FILE} (keep it private: it "
+        "decrypts student passwords). Restore: stop eams, copy both into the data folder."
+    )
     return EXIT_OK
 
 

@@ -117,7 +117,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             explicit = sys._getframe(1).f_code.co_name == EXPLICIT_CLOSE_CALLER
             return self._close_direct(file_obj, explicit)
         if isinstance(file_obj, TempUpload):
-            file_obj.file.close()  # kept either way: WinSCP resumes a .filepart
+            self.uploads.close_temp(file_obj)  # kept either way: WinSCP resumes a .filepart
             return None
         return super().close(file_obj)
 
@@ -135,9 +135,12 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
         if isinstance(file_obj, StagedUpload | TempUpload):
-            _apply_times(file_obj.file.fileno(), attrs)
             if isinstance(file_obj, TempUpload) and attrs.size is not None:
-                file_obj.file.truncate(attrs.size)
+                try:
+                    self.uploads.truncate(file_obj, attrs.size)
+                except UploadRefused as exc:
+                    raise asyncssh.SFTPFailure(str(exc)) from None
+            _apply_times(file_obj.file.fileno(), attrs)
             return
         raise _denied("this file is read-only")
 
@@ -190,16 +193,11 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         refusal = jail.rename_refusal(old, new)
         if refusal:
             raise _denied(refusal)
-        real_old, real_new = self.map_path(oldpath), Path(os.fsdecode(self.map_path(newpath)))
-        size = os.stat(real_old).st_size
-        if size > self.uploads.max_bytes:
-            os.remove(real_old)
-            raise asyncssh.SFTPFailure(
-                f"file too large: uploads are limited to {self.uploads.max_bytes // 2**20} MB"
-            )
-        os.replace(real_old, real_new)
+        real_old, real_new = self.map_path(oldpath), self.map_path(newpath)
         try:
-            await self.uploads.complete(self.district_id, new, real_new)
+            await self.uploads.complete_rename(
+                self.district_id, Path(os.fsdecode(real_old)), new, Path(os.fsdecode(real_new))
+            )
         except UploadRefused as exc:
             raise asyncssh.SFTPFailure(str(exc)) from None
 

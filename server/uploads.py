@@ -74,6 +74,8 @@ class Uploads:
         self.queue = queue
         self.data = data
         self.max_bytes = max_bytes
+        # Write handles open on temporary uploads, by real path (all sessions).
+        self._open_temps: dict[Path, list[TempUpload]] = {}
 
     # ---- opening ---------------------------------------------------------------
 
@@ -91,7 +93,18 @@ class Uploads:
         return StagedUpload(district_id, virtual, target, staging, handle)
 
     def open_temp(self, district_id: str, path: Path, mode: str) -> TempUpload:
-        return TempUpload(district_id, path, cast(BinaryIO, open(path, mode)))
+        file = cast(BinaryIO, open(path, mode))  # noqa: SIM115 (closed by close_temp)
+        upload = TempUpload(district_id, path, file)
+        self._open_temps.setdefault(path, []).append(upload)
+        return upload
+
+    def close_temp(self, upload: TempUpload) -> None:
+        """CLOSE or a dropped connection: the file stays either way (WinSCP resumes it)."""
+        upload.file.close()
+        handles = self._open_temps.get(upload.path, [])
+        handles[:] = [h for h in handles if h is not upload]
+        if not handles:
+            self._open_temps.pop(upload.path, None)
 
     # ---- writing ------------------------------------------------------------------
 
@@ -112,6 +125,14 @@ class Uploads:
         except OSError as exc:
             upload.refused = f"the server could not store the upload: {exc.strerror}"
             raise UploadRefused(upload.refused) from exc
+
+    def truncate(self, upload: TempUpload, size: int) -> None:
+        """FSETSTAT with a size on a temporary upload (within the same limits as writes)."""
+        if upload.refused:
+            raise UploadRefused(upload.refused)
+        if size > self.max_bytes:
+            raise UploadRefused(too_large_message(self.max_bytes))
+        upload.file.truncate(size)
 
     # ---- completing ---------------------------------------------------------------
 
@@ -138,6 +159,25 @@ class Uploads:
             upload.staging.unlink(missing_ok=True)
             raise UploadRefused(f"the server could not store the upload: {exc.strerror}") from exc
         return await self.complete(upload.district_id, upload.virtual, upload.target)
+
+    async def complete_rename(
+        self, district_id: str, temp: Path, virtual: str, target: Path
+    ) -> RunRecord:
+        """RENAME of a temporary upload to students.csv: move it into place, complete it.
+
+        Write handles still open on the temporary file (a client that renames
+        before CLOSE, or a dead session of an upload WinSCP resumed elsewhere)
+        are refused from now on: their writes would land in the file that was
+        just spooled and acknowledged. An OSError (no such file) goes to the
+        client as is.
+        """
+        if os.stat(temp).st_size > self.max_bytes:
+            temp.unlink(missing_ok=True)
+            raise UploadRefused(too_large_message(self.max_bytes))
+        for handle in self._open_temps.pop(temp, []):
+            handle.refused = f"{temp.name} was already renamed to {target.name}: upload it again"
+        os.replace(temp, target)
+        return await self.complete(district_id, virtual, target)
 
     async def complete(self, district_id: str, virtual: str, path: Path) -> RunRecord:
         """Spool the finished students.csv durably and queue its run; then answer."""

@@ -276,15 +276,10 @@ class ServerHandle:
         """`asyncssh.connect` to this server (use `async with`)."""
         import asyncssh
 
+        settings: dict[str, Any] = {"known_hosts": None, "client_keys": None, "agent_path": None}
+        settings.update(options)
         return asyncssh.connect(
-            "127.0.0.1",
-            self.port,
-            username=username,
-            password=password,
-            known_hosts=None,
-            client_keys=None,
-            agent_path=None,
-            **options,
+            "127.0.0.1", self.port, username=username, password=password, **settings
         )
 
 
