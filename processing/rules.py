@@ -13,14 +13,12 @@ regular order) is "a regular order" from the target's point of view.
 from __future__ import annotations
 
 from enum import StrEnum
-
-from attrs import frozen
+from typing import NamedTuple
 
 from processing.model import Row, RowCode, RowError
 
 
-@frozen(slots=True)
-class Student:
+class Student(NamedTuple):
     """A student as stored: `active` holds a license on `order_id` when True."""
 
     student_id: str
@@ -42,8 +40,7 @@ class Outcome(StrEnum):
     ERROR = "error"
 
 
-@frozen(slots=True)
-class Decision:
+class Decision(NamedTuple):
     outcome: Outcome
     student: Student | None = None  # the student after the row; None on error
     error: RowError | None = None

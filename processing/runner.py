@@ -11,9 +11,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import os
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -271,9 +273,34 @@ def build_result(
     return result
 
 
+_gc_pauses = 0
+_gc_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """No cyclic garbage collection while a run builds 500,000 row objects.
+
+    None of them form cycles, yet each allocation burst triggers full
+    collections that walk every live object (a quarter of a 500k-row run,
+    bench/processing.py). Counted, since runs of two districts overlap.
+    """
+    global _gc_pauses
+    with _gc_lock:
+        _gc_pauses += 1
+        gc.disable()
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_pauses -= 1
+            if _gc_pauses == 0:
+                gc.enable()
+
+
 def _first_pass(path: Path, limit: int) -> tuple[str, FirstPass]:
     text, encoding = open_text(path, limit)
-    with text:
+    with text, gc_paused():
         return encoding, first_pass(read_rows(text))
 
 
@@ -288,7 +315,7 @@ def _second_pass(
     passwords: StudentPasswords,
 ) -> Plan:
     text, _ = open_text(path, limit)
-    with text:
+    with text, gc_paused():
         return build_plan(
             read_rows(text),
             state,
