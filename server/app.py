@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import weakref
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -177,13 +178,6 @@ class EamsServer:
                     "FTP refusal listener not started: %s",
                     bind_message(settings.listen, settings.ftp_refusal_port, exc),
                 )
-        rewritten = await self.runner.rewrite_missing_results(settings.results_retention_days or 90)
-        if rewritten:
-            log.info("wrote the missing result files of %d run(s)", rewritten)
-        resumed = await self.queue.resume()
-        if resumed:
-            log.info("resuming %d queued run(s) left from before the last stop", resumed)
-        self._tasks.append(asyncio.create_task(self._housekeeping(), name="housekeeping"))
         self.sender = Sender(
             self.store,
             lambda: self.config.smtp,
@@ -192,7 +186,18 @@ class EamsServer:
         )
         self.runner.on_finished = lambda _outcome: self.sender.wake()
         self._tasks.append(asyncio.create_task(self.sender.run(), name="sender"))
-        self._tasks.append(asyncio.create_task(self._stale_alerts(), name="stale-alerts"))
+        rewritten = await self.runner.rewrite_missing_results(settings.results_retention_days or 90)
+        if rewritten:
+            log.info("wrote the missing result files of %d run(s)", rewritten)
+        resumed = await self.queue.resume()
+        if resumed:
+            log.info("resuming %d queued run(s) left from before the last stop", resumed)
+        for seconds, step, what in (
+            (HOUSEKEEPING_SECONDS, self._sweep, "removing old files"),
+            (60, self._close_idle, "closing idle sessions"),
+            (STALE_CHECK_SECONDS, self._stale_alerts, "checking for missing uploads"),
+        ):
+            self._tasks.append(asyncio.create_task(self._every(seconds, step, what), name=what))
         log.info(
             "eAMS SFTP listening on %s:%d (%d districts)",
             settings.listen,
@@ -287,35 +292,41 @@ class EamsServer:
         log.info("config reloaded: %d districts", len(new.districts))
         return True
 
-    async def _housekeeping(self) -> None:
-        """Hourly: old temp uploads and results; every minute: idle sessions."""
-        last_sweep = 0.0
+    async def _every(self, seconds: float, step: Callable[[], Awaitable[None]], what: str) -> None:
+        """Run `step` every `seconds`; an error is logged and the next round still comes."""
         while True:
-            now = time.monotonic()
-            if now - last_sweep >= HOUSEKEEPING_SECONDS:
-                last_sweep = now
-                for district_id in self.config.districts:
-                    home = self.config.server.homes / district_id
-                    removed = await asyncio.to_thread(
-                        sweep, home, results_days=self.config.server.results_retention_days
-                    )
-                    for path in removed:
-                        log.info("removed old file %s", path)
-            for session in list(self.sessions):
-                if now - session.last_activity > IDLE_TIMEOUT:
-                    log.info("closing idle SFTP session of %s", session.district_id)
-                    session.channel.close()
-            await asyncio.sleep(60)
+            try:
+                await step()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("%s failed; trying again in %.0f s", what, seconds)
+            await asyncio.sleep(seconds)
+
+    async def _sweep(self) -> None:
+        """Old temp uploads (a day) and results (results_retention_days)."""
+        for district_id in self.config.districts:
+            home = self.config.server.homes / district_id
+            removed = await asyncio.to_thread(
+                sweep, home, results_days=self.config.server.results_retention_days
+            )
+            for path in removed:
+                log.info("removed old file %s", path)
+
+    async def _close_idle(self) -> None:
+        now = time.monotonic()
+        for session in list(self.sessions):
+            if now - session.last_activity > IDLE_TIMEOUT:
+                log.info("closing idle SFTP session of %s", session.district_id)
+                session.channel.close()
 
     async def _stale_alerts(self) -> None:
-        """Every few minutes: alert districts whose uploads stopped (SPEC §6.4)."""
-        while True:
-            alerted = await check_stale(self.store, self.config, utc_now())
-            for district_id in alerted:
-                log.warning("no upload from %s for too long: alert queued", district_id)
-            if alerted:
-                self.sender.wake()
-            await asyncio.sleep(STALE_CHECK_SECONDS)
+        """Alert districts whose uploads stopped (SPEC §6.4)."""
+        alerted = await check_stale(self.store, self.config, utc_now())
+        for district_id in alerted:
+            log.warning("no upload from %s for too long: alert queued", district_id)
+        if alerted:
+            self.sender.wake()
 
 
 class BindError(Exception):
