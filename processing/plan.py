@@ -11,7 +11,6 @@ errors and counts. The store then writes the plan in one transaction. Deciding
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Any
 
 from attrs import define, field, frozen
 
@@ -128,28 +127,55 @@ class Plan:
 
 @frozen
 class FirstPass:
-    """What must be known about the whole file before any row is decided."""
+    """What must be known about the whole file before its rows are decided exactly."""
 
     duplicates: dict[str, list[int]]  # student id -> every line it appears on
-    usernames: frozenset[str]  # lower-cased, for the cross-district check
+    usernames: frozenset[str]  # lower-cased, not this district's: check other districts
 
 
-def first_pass(raw_rows: Iterable[RawRow]) -> FirstPass:
-    """Find repeated Student IDs (all their rows are rejected) and collect usernames."""
-    first_line: dict[str, int] = {}
-    duplicates: dict[str, list[int]] = {}
-    usernames: set[str] = set()
-    for raw in raw_rows:
-        fields = raw.fields
-        if len(fields) > 1:
-            student_id = fields[1].strip()
-            if student_id:
-                seen = first_line.setdefault(student_id, raw.line)
-                if seen != raw.line:
-                    duplicates.setdefault(student_id, [seen]).append(raw.line)
-        if len(fields) > 5:
-            usernames.add(fields[5].strip().lower())
-    return FirstPass(duplicates=duplicates, usernames=frozenset(usernames))
+class Tap:
+    """Records duplicates and new usernames while the rows stream into `build_plan`.
+
+    The runner decides a file in one optimistic pass that assumes no
+    repeated Student IDs and no username held by another district; this tap
+    collects what proves or disproves that, so the rare file that breaks the
+    assumption is decided again, exactly, with `duplicates` and
+    `taken_elsewhere` known.
+    """
+
+    def __init__(self, owners: dict[str, str]) -> None:
+        self.owners = owners  # live: a username this file already gave out is not new
+        self.first_line: dict[str, int] = {}
+        self.duplicates: dict[str, list[int]] = {}
+        self.usernames: set[str] = set()
+
+    def __call__(self, raw_rows: Iterable[RawRow]) -> Iterator[RawRow]:
+        first_line, duplicates, usernames = self.first_line, self.duplicates, self.usernames
+        owners = self.owners
+        for raw in raw_rows:
+            fields = raw.fields
+            if len(fields) > 1:
+                student_id = fields[1].strip()
+                if student_id:
+                    seen = first_line.setdefault(student_id, raw.line)
+                    if seen != raw.line:
+                        duplicates.setdefault(student_id, [seen]).append(raw.line)
+            if len(fields) > 5:
+                key = fields[5].strip().lower()
+                if key not in owners:
+                    usernames.add(key)
+            yield raw
+
+    def result(self) -> FirstPass:
+        return FirstPass(duplicates=self.duplicates, usernames=frozenset(self.usernames))
+
+
+def first_pass(raw_rows: Iterable[RawRow], owners: dict[str, str] | None = None) -> FirstPass:
+    """The tap's findings for a whole file, without deciding anything."""
+    tap = Tap(owners if owners is not None else {})
+    for _ in tap(raw_rows):
+        pass
+    return tap.result()
 
 
 def build_plan(
@@ -287,9 +313,3 @@ def _reject(plan: Plan, raw: RawRow, problems: list[RowError]) -> None:
     values = mask(raw.fields)
     for problem in problems:
         plan.errors.append(PlannedError(raw.line, str(problem.code), problem.message, values))
-
-
-def iter_errors(errors: Iterable[PlannedError]) -> Iterator[tuple[Any, ...]]:
-    """Errors as plain tuples (line, code, message, values) for storage and reports."""
-    for error in errors:
-        yield (error.line, error.code, error.message, error.values)

@@ -17,6 +17,7 @@ import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,8 +35,8 @@ from processing.plan import (
     FirstPass,
     Plan,
     PlannedError,
+    Tap,
     build_plan,
-    first_pass,
 )
 from processing.reports import write_results
 from processing.store import Conflict, OrderWrite, RunRecord, Store, iso, utc_now
@@ -109,17 +110,18 @@ class Runner:
         state = await self.store.load_district(district.id)
         if target not in state.orders:
             raise LookupError(f"district {district.id} has no order {target!r}")
+        passes = partial(_decide_pass, path, limit, district, target, self.passwords)
         try:
-            encoding, first = await asyncio.to_thread(_first_pass, path, limit)
+            encoding, plan, first = await asyncio.to_thread(passes, state, {}, frozenset())
         except FileRejected as rejected:
             return await self._file_failed(record, district, state, rejected.problem, commit)
-        taken = await self.store.usernames_elsewhere(
-            district.id, (k for k in first.usernames if k not in state.owners)
-        )
+        taken = await self.store.usernames_elsewhere(district.id, first.usernames)
+        if first.duplicates or taken:
+            # The one-pass plan assumed neither (true of almost every file):
+            # decide again from the stored state, knowing both.
+            state = await self.store.load_district(district.id)
+            _, plan, _ = await asyncio.to_thread(passes, state, first.duplicates, taken)
         version = state.version
-        plan = await asyncio.to_thread(
-            _second_pass, path, limit, state, district, target, first, taken, self.passwords
-        )
         # A dry run is held too: it reports what the real upload would do (SPEC §6.2).
         held_reason = None if record.state == "approved" else guard_reason(plan, district)
         run_state = "held" if held_reason else "done"
@@ -298,34 +300,31 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
-def _first_pass(path: Path, limit: int) -> tuple[str, FirstPass]:
-    text, encoding = open_text(path, limit)
-    with text, gc_paused():
-        return encoding, first_pass(read_rows(text))
-
-
-def _second_pass(
+def _decide_pass(
     path: Path,
     limit: int,
-    state: DistrictState,
     district: District,
     target: str,
-    first: FirstPass,
-    taken: frozenset[str],
     passwords: StudentPasswords,
-) -> Plan:
-    text, _ = open_text(path, limit)
+    state: DistrictState,
+    duplicates: dict[str, list[int]],
+    taken: frozenset[str],
+) -> tuple[str, Plan, FirstPass]:
+    """Decode, read and decide the whole file in one streaming pass (a worker thread)."""
+    text, encoding = open_text(path, limit)
     with text, gc_paused():
-        return build_plan(
-            read_rows(text),
+        tap = Tap(state.owners)
+        plan = build_plan(
+            tap(read_rows(text)),
             state,
             target=target,
             school_codes=district.school_codes,
             grades=district.grades,
-            duplicates=first.duplicates,
+            duplicates=duplicates,
             taken_elsewhere=taken,
             mac=passwords.mac,
         )
+        return encoding, plan, tap.result()
 
 
 def _student_rows(

@@ -834,9 +834,9 @@ class Store:
 def _state(
     district_id: str, version: int, orders: dict[str, OrderTally], rows: Iterable[Any]
 ) -> DistrictState:
-    students = {
-        r[0]: Student(r[0], r[1], r[2], r[3], r[4], r[5], r[6], r[7] == 1, r[8], r[9]) for r in rows
-    }
+    # Straight from the row tuple (`active` stays 0/1, which compares equal to a bool).
+    make = Student._make
+    students = {r[0]: make(r) for r in rows}
     return DistrictState(district_id, version, students, orders)
 
 
