@@ -341,7 +341,6 @@ class Store:
         A changed `order.id` keeps the previous Enterprise order as a `past`
         order (SPEC §2); students on it move to the new one as they appear.
         """
-        warnings: list[str] = []
         await self.db.execute("BEGIN IMMEDIATE")
         try:
             for district in config.districts.values():
@@ -371,21 +370,30 @@ class Store:
                         "licenses = excluded.licenses",
                         (district.id, order.id, kind, order.licenses),
                     )
-                rows = await self.db.execute_fetchall(
-                    "SELECT id, licenses, used FROM orders WHERE district_id = ? "
-                    "AND used > licenses",
-                    (district.id,),
-                )
-                for row in rows:
-                    warnings.append(
-                        f"districts.{district.id}: order {row['id']} has {row['licenses']} "
-                        f"licenses but {row['used']} are in use; no new licenses can be taken "
-                        "until the count is back under the total"
-                    )
             await self.db.execute("COMMIT")
         except BaseException:
             await self.db.execute("ROLLBACK")
             raise
+        return await self._license_warnings(config)
+
+    @serialized
+    async def license_warnings(self, config: Config) -> list[str]:
+        """Orders whose configured `licenses` is below what is in use (SPEC §2: allowed)."""
+        return await self._license_warnings(config)
+
+    async def _license_warnings(self, config: Config) -> list[str]:
+        rows = await self.db.execute_fetchall("SELECT district_id, id, used FROM orders")
+        used = {(r[0], r[1]): r[2] for r in rows}
+        warnings = []
+        for district in config.districts.values():
+            for order in (district.order, *district.regular_orders):
+                in_use = used.get((district.id, order.id), 0)
+                if in_use > order.licenses:
+                    warnings.append(
+                        f"districts.{district.id}: order {order.id} has {order.licenses} "
+                        f"licenses but {in_use} are in use; no new licenses can be taken "
+                        "until the count is back under the total"
+                    )
         return warnings
 
     # ---- runs ------------------------------------------------------------

@@ -103,10 +103,22 @@ def cmd_check_config(args: argparse.Namespace) -> int:
             print(problem, file=sys.stderr)
         print(f"{args.config}: {len(exc.problems)} problem(s)", file=sys.stderr)
         return EXIT_USAGE
-    for warning in config.warnings:
+    for warning in [*config.warnings, *asyncio.run(_license_warnings(config))]:
         print(f"warning: {warning}", file=sys.stderr)
     print(f"{args.config}: OK ({len(config.districts)} district(s))")
     return EXIT_OK
+
+
+async def _license_warnings(config: Config) -> list[str]:
+    """Licenses lowered below what is in use, when a database exists to compare with."""
+    path = config.server.data / "eams.sqlite3"
+    if not path.exists():
+        return []
+    store = await Store.open(path)
+    try:
+        return await store.license_warnings(config)
+    finally:
+        await store.close()
 
 
 def cmd_hash_password(args: argparse.Namespace) -> int:
