@@ -121,6 +121,7 @@ class Plan:
     active_before: int
     counts: Counts = field(factory=Counts)
     changes: dict[str, Student] = field(factory=dict)  # in first-change order
+    added: set[str] = field(factory=set)  # the student ids in `changes` that are new
     new_passwords: dict[str, str] = field(factory=dict)
     errors: list[PlannedError] = field(factory=list)
 
@@ -244,6 +245,7 @@ def build_plan(
         assert new is not None
         if decision.outcome is Outcome.ADDED:
             counts.added += 1
+            plan.added.add(row.student_id)
         else:
             counts.updated += 1
         counts.activated += decision.activated

@@ -243,11 +243,15 @@ _RUN_COLUMNS = (
     "district_id, run_id, seq, state, dry_run, order_id, source, spool_path, "
     "received_at, result_json"
 )
-_UPSERT_STUDENT = """
+_INSERT_STUDENT = """
     INSERT INTO students (district_id, student_id, school_code, first_name, last_name, grade,
         username, username_key, class_name, active, order_id, password_enc, password_mac,
         updated_at)
     VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+_UPSERT_STUDENT = (
+    _INSERT_STUDENT
+    + """
     ON CONFLICT (district_id, student_id) DO UPDATE SET
         school_code = excluded.school_code, first_name = excluded.first_name,
         last_name = excluded.last_name, grade = excluded.grade, username = excluded.username,
@@ -257,6 +261,7 @@ _UPSERT_STUDENT = """
         password_mac = coalesce(excluded.password_mac, students.password_mac),
         updated_at = excluded.updated_at
 """
+)
 
 
 P = ParamSpec("P")
@@ -584,6 +589,7 @@ class Store:
         emails: Sequence[QueuedEmail],
         expected_version: int | None = None,
         students: Sequence[tuple[Any, ...]] = (),
+        new_students: Sequence[tuple[Any, ...]] = (),
         orders: Sequence[OrderWrite] = (),
     ) -> None:
         """Write a run's student changes, order counts, run record, errors and emails at once.
@@ -608,8 +614,10 @@ class Store:
                 )
                 if cursor.rowcount != 1:
                     raise Conflict(f"district {run.district_id} changed during the run")
-            if students:
+            if students:  # changed ones first: they may free usernames new ones take
                 await self.db.executemany(_UPSERT_STUDENT, students)
+            if new_students:
+                await self.db.executemany(_INSERT_STUDENT, new_students)
             if orders:
                 await self.db.executemany(
                     "UPDATE orders SET used = ? WHERE district_id = ? AND id = ?",
