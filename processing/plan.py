@@ -69,6 +69,17 @@ class PlannedError:
     values: tuple[str, ...]
 
 
+ECHO_LIMIT = 256  # characters of a rejected row's value kept for errors.csv
+
+
+def echoed(fields: tuple[str, ...]) -> tuple[str, ...]:
+    """A rejected row's values as stored and shown: password hidden, each value capped.
+
+    The cap keeps a hostile 50 MB cell out of the database and errors.csv.
+    """
+    return tuple(v if len(v) <= ECHO_LIMIT else v[:ECHO_LIMIT] + "…" for v in mask(fields))
+
+
 def mask(fields: tuple[str, ...]) -> tuple[str, ...]:
     """The row's values with the Password hidden, so it is never stored or shown.
 
@@ -312,6 +323,6 @@ def _duplicate(student_id: str, lines: list[int]) -> RowError:
 
 def _reject(plan: Plan, raw: RawRow, problems: list[RowError]) -> None:
     plan.counts.errors += 1
-    values = mask(raw.fields)
+    values = echoed(raw.fields)
     for problem in problems:
         plan.errors.append(PlannedError(raw.line, str(problem.code), problem.message, values))

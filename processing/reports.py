@@ -105,14 +105,22 @@ def render_result_txt(result: dict[str, Any], district_name: str) -> str:
 
 
 def atomic_write(path: Path, text: str) -> None:
-    """Write via a temp file in the same folder, fsync, then rename over `path`."""
+    """Write via a temp file in the same folder, fsync, then rename over `path`.
+
+    The temp name starts with `.eams-`, which the SFTP listing hides, and a
+    failed write (a full disk) removes it: a district never sees half a file.
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(temp, "w", encoding="utf-8", newline="") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temp, path)
+    temp = path.with_name(f".eams-tmp-{path.name}.{os.getpid()}")
+    try:
+        with open(temp, "w", encoding="utf-8", newline="") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(temp, path)
+    except BaseException:
+        temp.unlink(missing_ok=True)
+        raise
 
 
 def write_results(

@@ -210,9 +210,19 @@ class Runner:
         """After the commit: result files, and the spool copy is no longer needed."""
         record = outcome.record
         district = self.config.district(record.district_id)
-        write_results(
-            self.results_dir(record.district_id), outcome.result, district.name, outcome.errors
-        )
+        try:
+            write_results(
+                self.results_dir(record.district_id), outcome.result, district.name, outcome.errors
+            )
+        except OSError as exc:
+            # The run is committed; the files can be written from the database later.
+            log.error(
+                "run %s %s is recorded, but its result files could not be written (%s); "
+                "they are written at the next start",
+                record.district_id,
+                record.run_id,
+                exc,
+            )
         if outcome.result["state"] != "held" and record.spool_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(record.spool_path)

@@ -118,6 +118,19 @@ def _header_cell(cell: str) -> str:
     return cell
 
 
+def _cell(found: str) -> str:
+    """A header cell as quoted in the message, cut at the first ";" or tab.
+
+    A file without its header row starts with a student; separated by
+    semicolons, that whole row is one cell, Password included. Only its
+    first value is shown, so a message never echoes a password.
+    """
+    for separator in (";", "\t"):
+        if separator in found:
+            return _show(found.split(separator, 1)[0]) + separator.replace("\t", "\\t") + "…"
+    return _show(found)
+
+
 def _first_difference(cells: list[str]) -> str:
     for index, expected in enumerate(TEMPLATE_COLUMNS):
         column = index + 1
@@ -128,10 +141,10 @@ def _first_difference(cells: list[str]) -> str:
             if not found:
                 return f'column {column}: expected "{expected}", found an empty cell'
             case = " (upper/lower case differs)" if found.casefold() == expected.casefold() else ""
-            return f'column {column}: expected "{expected}", found "{_show(found)}"{case}'
+            return f'column {column}: expected "{expected}", found "{_cell(found)}"{case}'
     for index in range(len(TEMPLATE_COLUMNS), len(cells)):
         if cells[index]:
-            return f'column {index + 1}: unexpected "{_show(cells[index])}"'
+            return f'column {index + 1}: unexpected "{_cell(cells[index])}"'
     raise AssertionError("header_problem called with the template header")  # pragma: no cover
 
 

@@ -93,6 +93,13 @@ class DistrictSSHServer(asyncssh.SSHServer):
         return True
 
     async def validate_password(self, username: str, password: str) -> bool:
+        if self.app.bans.is_banned(self.address):
+            # A connection opened before the ban (or many, opened in parallel) must not
+            # go on guessing: asyncssh allows any number of attempts per connection.
+            log.warning("login refused: %s is banned; closing the connection", self.address)
+            if self.conn is not None:
+                self.conn.close()
+            return False
         district = await asyncio.to_thread(self.app.accounts.check_password, username, password)
         if district is not None:
             return True

@@ -32,7 +32,13 @@ from asyncssh import SFTPAttrs, SFTPName
 
 from server import jail
 from server.jail import JailError, PathKind
-from server.uploads import StagedUpload, TempUpload, UploadRefused, Uploads
+from server.uploads import (
+    StagedUpload,
+    TempUpload,
+    UploadRefused,
+    Uploads,
+    too_large_message,
+)
 
 log = logging.getLogger("eams.sftp")
 
@@ -113,11 +119,17 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     def close(self, file_obj: object) -> Awaitable[None] | None:
         """See the module docstring: who called us tells CLOSE from a dropped connection."""
+        explicit = sys._getframe(1).f_code.co_name == EXPLICIT_CLOSE_CALLER
         if isinstance(file_obj, StagedUpload):
-            explicit = sys._getframe(1).f_code.co_name == EXPLICIT_CLOSE_CALLER
             return self._close_direct(file_obj, explicit)
         if isinstance(file_obj, TempUpload):
-            self.uploads.close_temp(file_obj)  # kept either way: WinSCP resumes a .filepart
+            try:
+                self.uploads.close_temp(file_obj)  # kept either way: WinSCP resumes a .filepart
+            except UploadRefused as exc:
+                # Told to a client that sent CLOSE; never raised into asyncssh's cleanup of
+                # a dropped connection, which would skip the handles after this one.
+                if explicit:
+                    raise asyncssh.SFTPFailure(str(exc)) from None
             return None
         return super().close(file_obj)
 
@@ -159,9 +171,11 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         if kind not in (PathKind.UPLOAD, PathKind.TEMP_UPLOAD):
             raise _denied(jail.write_refusal(virtual) or "this file is read-only")
         real = self.map_path(path)
-        _apply_times(real, attrs)
         if kind is PathKind.TEMP_UPLOAD and attrs.size is not None:
+            if attrs.size > self.uploads.max_bytes:  # the same limit as for writes
+                raise asyncssh.SFTPFailure(too_large_message(self.uploads.max_bytes))
             os.truncate(real, attrs.size)
+        _apply_times(real, attrs)
 
     def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         self.setstat(path, attrs)

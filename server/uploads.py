@@ -19,6 +19,7 @@ status codes.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import time
@@ -99,12 +100,24 @@ class Uploads:
         return upload
 
     def close_temp(self, upload: TempUpload) -> None:
-        """CLOSE or a dropped connection: the file stays either way (WinSCP resumes it)."""
-        upload.file.close()
+        """CLOSE or a dropped connection: the file stays either way (WinSCP resumes it),
+        unless its last bytes could not be stored (a full disk): then it is removed and
+        UploadRefused is raised, so that a RENAME cannot complete a cut-off file."""
         handles = self._open_temps.get(upload.path, [])
         handles[:] = [h for h in handles if h is not upload]
         if not handles:
             self._open_temps.pop(upload.path, None)
+        try:
+            upload.file.close()  # flushes what was buffered
+        except OSError as exc:
+            if not upload.refused:
+                self._refuse(upload, f"the server could not store the upload: {exc.strerror}")
+                log.error(
+                    "upload by %s failed: %s (partial file removed)",
+                    upload.district_id,
+                    exc.strerror,
+                )
+                raise UploadRefused(upload.refused) from exc
 
     # ---- writing ------------------------------------------------------------------
 
@@ -113,18 +126,28 @@ class Uploads:
         if upload.refused:
             raise UploadRefused(upload.refused)
         if offset + len(data) > self.max_bytes:
-            upload.refused = too_large_message(self.max_bytes)
-            # Unlink now so that neither a CLOSE nor a RENAME can complete it.
-            path = upload.staging if isinstance(upload, StagedUpload) else upload.path
-            path.unlink(missing_ok=True)
+            self._refuse(upload, too_large_message(self.max_bytes))
             log.warning("upload by %s refused: over %d bytes", upload.district_id, self.max_bytes)
             raise UploadRefused(upload.refused)
         try:
             upload.file.seek(offset)
             return upload.file.write(data)
         except OSError as exc:
-            upload.refused = f"the server could not store the upload: {exc.strerror}"
+            # A full disk (or a quota): the partial file is useless, and left in place it
+            # would keep the disk full for every district and could still be completed by
+            # a client that renames it anyway, so it goes now, like an oversized upload.
+            self._refuse(upload, f"the server could not store the upload: {exc.strerror}")
+            log.error(
+                "upload by %s failed: %s (partial file removed)", upload.district_id, exc.strerror
+            )
             raise UploadRefused(upload.refused) from exc
+
+    def _refuse(self, upload: StagedUpload | TempUpload, message: str) -> None:
+        """Refuse every further request on this upload and unlink its file now, so that
+        neither a CLOSE nor a RENAME can complete it."""
+        upload.refused = message
+        path = upload.staging if isinstance(upload, StagedUpload) else upload.path
+        path.unlink(missing_ok=True)
 
     def truncate(self, upload: TempUpload, size: int) -> None:
         """FSETSTAT with a size on a temporary upload (within the same limits as writes)."""
@@ -137,9 +160,15 @@ class Uploads:
     # ---- completing ---------------------------------------------------------------
 
     async def close_direct(self, upload: StagedUpload, *, explicit: bool) -> RunRecord | None:
-        """CLOSE of a staged students.csv: complete it, or discard it after a drop."""
+        """CLOSE of a staged students.csv: complete it, or discard it after a drop.
+
+        The CLOSE of a refused upload (too large, disk full) is answered with the
+        refusal too: for a direct upload the CLOSE status is what says "stored", and a
+        client that pipelines its writes may only look at that one.
+        """
         if not explicit or upload.refused:
-            upload.file.close()
+            with contextlib.suppress(OSError):  # buffered bytes of a discarded upload
+                upload.file.close()
             upload.staging.unlink(missing_ok=True)
             if not explicit:
                 log.warning(
@@ -148,6 +177,8 @@ class Uploads:
                     upload.virtual,
                     upload.district_id,
                 )
+            elif upload.refused:
+                raise UploadRefused(f"{upload.refused}; nothing was stored")
             return None
         try:
             upload.file.flush()
@@ -156,7 +187,10 @@ class Uploads:
             os.replace(upload.staging, upload.target)
             fsync_dir(upload.target.parent)
         except OSError as exc:
+            with contextlib.suppress(OSError):
+                upload.file.close()
             upload.staging.unlink(missing_ok=True)
+            log.error("upload by %s failed: %s", upload.district_id, exc.strerror)
             raise UploadRefused(f"the server could not store the upload: {exc.strerror}") from exc
         return await self.complete(upload.district_id, upload.virtual, upload.target)
 

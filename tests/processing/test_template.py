@@ -151,7 +151,7 @@ def test_header_differs_only_by_case(tmp_path: Path) -> None:
 def test_semicolon_separated(tmp_path: Path) -> None:
     error = header_error(tmp_path, ";".join(TEMPLATE_COLUMNS))
     message = error.problem.message
-    assert message.startswith('column 1: expected "School Code", found "School Code;Student')
+    assert message.startswith('column 1: expected "School Code", found "School Code;…"')
     assert message.endswith(SEMICOLON_HINT)
 
 
