@@ -69,3 +69,19 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def remove_spool_files_except(data: Path, keep: set[str]) -> int:
+    """Delete spool files whose path is not in `keep`; return how many."""
+    removed = 0
+    root = data / "spool"
+    if not root.is_dir():
+        return 0
+    for folder in root.iterdir():
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            if str(path) not in keep:
+                path.unlink(missing_ok=True)
+                removed += 1
+    return removed

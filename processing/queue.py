@@ -53,6 +53,7 @@ class ProcessingQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._queued: set[tuple[str, str]] = set()  # (district, run id) not yet finished
         self._active: set[str] = set()  # queue keys with a run in progress
         self._quiet = asyncio.Event()
         self._quiet.set()
@@ -75,6 +76,10 @@ class ProcessingQueue:
     def _put(self, record: RunRecord) -> None:
         if self._stopping:
             return  # stays queued in the database; processed at the next start
+        ident = (record.district_id, record.run_id)
+        if ident in self._queued:
+            return  # already waiting (resume() and a fresh submit can both see it)
+        self._queued.add(ident)
         # Dry runs (check/) change nothing, so they need no place in the district's
         # order: their own FIFO keeps them from waiting behind a nightly run.
         key = f"{record.district_id}/check" if record.dry_run else record.district_id
@@ -141,6 +146,7 @@ class ProcessingQueue:
                     record.run_id,
                 )
             finally:
+                self._queued.discard((record.district_id, record.run_id))
                 self._busy -= 1
                 if self._busy == 0:
                     self._idle.set()

@@ -15,8 +15,7 @@ import gc
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator
-from datetime import timedelta
+from collections.abc import Callable, Iterator, Sequence
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
@@ -26,7 +25,7 @@ from attrs import frozen
 
 from processing.config import Config, District
 from processing.decode import open_text
-from processing.jobs import UploadJob
+from processing.jobs import UploadJob, remove_spool_files_except
 from processing.model import FileProblem, FileRejected
 from processing.notify import run_emails
 from processing.passwords import StudentPasswords
@@ -80,7 +79,7 @@ class Runner:
                     raise
                 log.warning("run %s: %s; deciding it again", record.run_id, exc)
                 continue
-            self._after(outcome)
+            await self._after(outcome)
             return outcome
         raise AssertionError("unreachable")
 
@@ -185,37 +184,44 @@ class Runner:
             )
         return RunOutcome(record, result, tuple(errors))
 
-    async def rewrite_missing_results(self, days: float) -> int:
-        """At start: result files for runs finished in the database but not on disk.
+    async def rewrite_missing_results(self) -> int:
+        """At start: result files of runs committed but never written out.
 
         A crash between a run's commit and its result files leaves the run
         recorded but invisible to the district; the database has everything
-        needed to write the files again. Returns how many runs were rewritten.
+        needed to write them. Files a district deleted stay deleted: only
+        runs never marked `results_written` qualify. Returns how many.
         """
-        since = utc_now() - timedelta(days=days)
         rewritten = 0
-        for record in await self.store.finished_runs_since(since):
-            district = self.config.districts.get(record.district_id)
-            folder = self.results_dir(record.district_id)
-            if district is None or record.result is None:
-                continue
-            if (folder / f"{record.run_id}.result.json").exists():
-                continue
-            errors = await self.store.run_errors(record.district_id, record.run_id)
-            await asyncio.to_thread(write_results, folder, record.result, district.name, errors)
-            rewritten += 1
+        for record in await self.store.runs_without_results():
+            if await self._write_results(record, record.result or {}, None):
+                rewritten += 1
         return rewritten
 
-    def _after(self, outcome: RunOutcome) -> None:
-        """After the commit: result files, and the spool copy is no longer needed."""
-        record = outcome.record
-        district = self.config.district(record.district_id)
+    async def remove_orphan_spool_files(self) -> int:
+        """At start (before listening): spool files no pending or held run needs.
+
+        A crash between the spool copy and the queued record, or between a
+        run's commit and its clean-up, leaves one behind.
+        """
+        in_use = await self.store.spool_paths_in_use()
+        return await asyncio.to_thread(remove_spool_files_except, self.config.server.data, in_use)
+
+    async def _write_results(
+        self, record: RunRecord, result: dict[str, Any], errors: Sequence[PlannedError] | None
+    ) -> bool:
+        """Write a run's result files off the event loop (fsync), then mark them written."""
+        district = self.config.districts.get(record.district_id)
+        if district is None or not result:
+            return False
+        if errors is None:
+            errors = await self.store.run_errors(record.district_id, record.run_id)
         try:
-            write_results(
-                self.results_dir(record.district_id), outcome.result, district.name, outcome.errors
+            await asyncio.to_thread(
+                write_results, self.results_dir(record.district_id), result, district.name, errors
             )
         except OSError as exc:
-            # The run is committed; the files can be written from the database later.
+            # The run is committed; the files are written from the database at the next start.
             log.error(
                 "run %s %s is recorded, but its result files could not be written (%s); "
                 "they are written at the next start",
@@ -223,6 +229,14 @@ class Runner:
                 record.run_id,
                 exc,
             )
+            return False
+        await self.store.mark_results_written(record)
+        return True
+
+    async def _after(self, outcome: RunOutcome) -> None:
+        """After the commit: result files, and the spool copy is no longer needed."""
+        record = outcome.record
+        await self._write_results(record, outcome.result, outcome.errors)
         if outcome.result["state"] != "held" and record.spool_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(record.spool_path)

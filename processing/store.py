@@ -152,6 +152,10 @@ MIGRATIONS: tuple[str, ...] = (
     DROP TABLE students;
     ALTER TABLE students_clustered RENAME TO students;
     """,
+    # 4: whether a finished run's result files were written (rewritten at start if not)
+    """
+    ALTER TABLE runs ADD COLUMN results_written INTEGER NOT NULL DEFAULT 1;
+    """,
 )
 
 
@@ -494,14 +498,29 @@ class Store:
         return [RunRecord.from_db(row) for row in await self.db.execute_fetchall(sql, params)]
 
     @serialized
-    async def finished_runs_since(self, since: datetime) -> list[RunRecord]:
-        """Finished runs received since `since` (to check their result files exist)."""
+    async def runs_without_results(self) -> list[RunRecord]:
+        """Finished runs whose result files were never written (a crash came between)."""
         rows = await self.db.execute_fetchall(
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ('done', 'failed', 'held') "
-            "AND received_at >= ? ORDER BY district_id, seq",
-            (iso(since),),
+            "AND results_written = 0 ORDER BY district_id, seq"
         )
         return [RunRecord.from_db(row) for row in rows]
+
+    @serialized
+    async def mark_results_written(self, run: RunRecord) -> None:
+        await self.db.execute(
+            "UPDATE runs SET results_written = 1 WHERE district_id = ? AND run_id = ?",
+            (run.district_id, run.run_id),
+        )
+
+    @serialized
+    async def spool_paths_in_use(self) -> set[str]:
+        """Spool files of runs still to process or held for an operator."""
+        rows = await self.db.execute_fetchall(
+            "SELECT spool_path FROM runs WHERE state IN ('queued', 'approved', 'held') "
+            "AND spool_path IS NOT NULL"
+        )
+        return {row[0] for row in rows}
 
     @serialized
     async def set_run_state(self, run: RunRecord, state: str, *, expect: str) -> None:
@@ -601,7 +620,7 @@ class Store:
         await self.db.execute("BEGIN IMMEDIATE")
         try:
             cursor = await self.db.execute(
-                "UPDATE runs SET state = ?, finished_at = ?, result_json = ? "
+                "UPDATE runs SET state = ?, finished_at = ?, result_json = ?, results_written = 0 "
                 "WHERE district_id = ? AND run_id = ? AND state IN ('queued', 'approved')",
                 (state, result.get("finished_at"), json.dumps(result), run.district_id, run.run_id),
             )

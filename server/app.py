@@ -157,6 +157,25 @@ class EamsServer:
         self.runner = Runner(self.config, self.store, passwords)
         self.queue = ProcessingQueue(self.runner, self.intake)
         self.uploads = Uploads(self.queue, settings.data, settings.max_upload_bytes)
+        self.sender = Sender(
+            self.store,
+            lambda: self.config.smtp,
+            lambda: self.config.sender,
+            settings.data / "outbox",
+        )
+        self.runner.on_finished = lambda _outcome: self.sender.wake()
+        self._tasks.append(asyncio.create_task(self.sender.run(), name="sender"))
+        # What the last stop (or crash) left is queued BEFORE the port opens, so a
+        # new upload can never overtake a run acknowledged before it (bench/crash.py).
+        rewritten = await self.runner.rewrite_missing_results()
+        if rewritten:
+            log.info("wrote the missing result files of %d run(s)", rewritten)
+        orphans = await self.runner.remove_orphan_spool_files()
+        if orphans:
+            log.info("removed %d spool file(s) that belong to no pending run", orphans)
+        resumed = await self.queue.resume()
+        if resumed:
+            log.info("resuming %d queued run(s) left from before the last stop", resumed)
         try:
             self.ssh = await asyncssh.create_server(
                 lambda: DistrictSSHServer(self),
@@ -174,7 +193,7 @@ class EamsServer:
                 reuse_address=True,
             )
         except OSError as exc:
-            await self._close_stores()
+            await self.stop()
             raise BindError(bind_message(settings.listen, self.port, exc)) from exc
         self.port = self.ssh.sockets[0].getsockname()[1]
         if settings.ftp_refusal_port:
@@ -185,20 +204,6 @@ class EamsServer:
                     "FTP refusal listener not started: %s",
                     bind_message(settings.listen, settings.ftp_refusal_port, exc),
                 )
-        self.sender = Sender(
-            self.store,
-            lambda: self.config.smtp,
-            lambda: self.config.sender,
-            settings.data / "outbox",
-        )
-        self.runner.on_finished = lambda _outcome: self.sender.wake()
-        self._tasks.append(asyncio.create_task(self.sender.run(), name="sender"))
-        rewritten = await self.runner.rewrite_missing_results(settings.results_retention_days or 90)
-        if rewritten:
-            log.info("wrote the missing result files of %d run(s)", rewritten)
-        resumed = await self.queue.resume()
-        if resumed:
-            log.info("resuming %d queued run(s) left from before the last stop", resumed)
         for seconds, step, what in (
             (HOUSEKEEPING_SECONDS, self._sweep, "removing old files"),
             (60, self._close_idle, "closing idle sessions"),

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from pathlib import Path
 
 from processing.config import Config
 from processing.passwords import StudentPasswords
 from processing.runner import Runner
 from processing.store import Store
-from tests.conftest import eams, eams_json, make_config, write_csv
+from tests.conftest import db_path, eams, eams_json, make_config, write_csv
 
 
 async def rewrite(config: Config) -> tuple[int, int]:
     store = await Store.open(config.server.data / "eams.sqlite3")
     try:
         runner = Runner(config, store, StudentPasswords.from_data_dir(config.server.data))
-        return await runner.rewrite_missing_results(90), await runner.rewrite_missing_results(90)
+        return await runner.rewrite_missing_results(), await runner.rewrite_missing_results()
     finally:
         await store.close()
 
@@ -35,8 +36,15 @@ def test_missing_result_files_are_rewritten_from_the_database(tmp_path: Path) ->
     results = tmp_path / "homes" / "springfield" / "results"
     before = {p.name: p.read_text(encoding="utf-8") for p in results.iterdir()}
     assert len(before) == 3  # result.json, result.txt, errors.csv
-    for path in results.iterdir():  # as if the crash came right after the commit
+    # A district deleting its result files is its own business: they stay deleted.
+    for path in results.iterdir():
         path.unlink()
+    assert asyncio.run(rewrite(Config.from_toml(config_path))) == (0, 0)
+    assert list(results.iterdir()) == []
+
+    # A crash right after the commit: the run is recorded, its files never written.
+    with sqlite3.connect(db_path(config_path)) as db:
+        db.execute("UPDATE runs SET results_written = 0")
 
     # once, and nothing the second time
     assert asyncio.run(rewrite(Config.from_toml(config_path))) == (1, 0)
