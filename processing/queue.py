@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from processing.config import District
 from processing.jobs import UploadJob
-from processing.runner import Runner
+from processing.runner import Runner, RunOutcome
 from processing.store import RunRecord, Store
 
 log = logging.getLogger("eams.queue")
@@ -43,8 +43,10 @@ class ProcessingQueue:
         *,
         parallel: int = 2,
         local_now: Callable[[], datetime] = datetime.now,
+        execute: Callable[[RunRecord], Awaitable[RunOutcome]] | None = None,
     ) -> None:
         self.runner = runner
+        self.execute = execute or runner.run  # server: small runs here, big ones in a worker
         self.intake = intake  # a separate connection, so acknowledging is never slow
         self._slots = asyncio.Semaphore(parallel)
         self._queues: dict[str, asyncio.Queue[RunRecord]] = {}
@@ -129,7 +131,7 @@ class ProcessingQueue:
                     self._active.add(key)
                     self._quiet.clear()
                     try:
-                        await self.runner.run(record)
+                        await self.execute(record)
                     finally:
                         self._active.discard(key)
                         if not self._active:

@@ -159,6 +159,14 @@ MIGRATIONS: tuple[str, ...] = (
 )
 
 
+DB_FILE = "eams.sqlite3"
+
+
+def database_path(data: Path) -> Path:
+    """The database inside the `[server] data` folder."""
+    return data / DB_FILE
+
+
 class Conflict(Exception):
     """The district changed between load and write; the run must be decided again."""
 

@@ -30,7 +30,8 @@ from processing.queue import ProcessingQueue
 from processing.runner import Runner
 from processing.sender import Sender
 from processing.stale import check_stale
-from processing.store import Store, utc_now
+from processing.store import Store, database_path, utc_now
+from processing.workers import RunExecutor
 from server.accounts import Accounts, BanList
 from server.ftp_refusal import start_ftp_refusal
 from server.hostkeys import ensure_host_keys, fingerprints
@@ -149,13 +150,14 @@ class EamsServer:
         host_keys = await asyncio.to_thread(lambda: [asyncssh.read_private_key(k) for k in keys])
         for line in await asyncio.to_thread(fingerprints, settings.host_keys):
             log.info("host key %s", line)
-        self.store = await Store.open(settings.data / "eams.sqlite3")
-        self.intake = await Store.open(settings.data / "eams.sqlite3")
+        self.store = await Store.open(database_path(settings.data))
+        self.intake = await Store.open(database_path(settings.data))
         for warning in await self.store.sync_config(self.config):
             log.warning("%s", warning)
         passwords = await asyncio.to_thread(StudentPasswords.from_data_dir, settings.data)
         self.runner = Runner(self.config, self.store, passwords)
-        self.queue = ProcessingQueue(self.runner, self.intake)
+        self.executor = RunExecutor(self.runner)
+        self.queue = ProcessingQueue(self.runner, self.intake, execute=self.executor)
         self.uploads = Uploads(self.queue, settings.data, settings.max_upload_bytes)
         self.sender = Sender(
             self.store,
@@ -234,6 +236,7 @@ class EamsServer:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.queue.stop()
+        await asyncio.to_thread(self.executor.close)
         if self.ssh is not None:
             await self.ssh.wait_closed()
         if self.ftp is not None:

@@ -27,7 +27,7 @@ from processing.jobs import UploadJob, spool_copy
 from processing.passwords import KEY_FILE, StudentPasswords
 from processing.reports import render_result_txt
 from processing.runner import Runner, RunOutcome
-from processing.store import RunRecord, Store, utc_now
+from processing.store import DB_FILE, RunRecord, Store, database_path, utc_now
 from server.accounts import hash_password
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -64,7 +64,7 @@ def load_config(path: str) -> Config:
 async def open_runtime(config: Config) -> AsyncIterator[Runtime]:
     """Open the store, mirror the config into it, and build a Runner."""
     data = config.server.data
-    store = await Store.open(data / "eams.sqlite3")
+    store = await Store.open(database_path(data))
     try:
         for warning in await store.sync_config(config):
             print(f"warning: {warning}", file=sys.stderr)
@@ -111,7 +111,7 @@ def cmd_check_config(args: argparse.Namespace) -> int:
 
 async def _license_warnings(config: Config) -> list[str]:
     """Licenses lowered below what is in use, when a database exists to compare with."""
-    path = config.server.data / "eams.sqlite3"
+    path = database_path(config.server.data)
     if not path.exists():
         return []
     store = await Store.open(path)
@@ -327,8 +327,8 @@ async def cmd_backup(args: argparse.Namespace) -> int:
     target.mkdir(parents=True, exist_ok=True)
     os.chmod(target, 0o700)
     async with open_runtime(config) as rt:
-        await rt.store.backup(target / "eams.sqlite3")
-    os.chmod(target / "eams.sqlite3", 0o600)
+        await rt.store.backup(target / DB_FILE)
+    os.chmod(target / DB_FILE, 0o600)
     key = config.server.data / KEY_FILE
     fd = os.open(target / KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as handle:

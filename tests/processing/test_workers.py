@@ -1,0 +1,80 @@
+"""Big runs in a worker process: same results, same database, same order as in-process."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from processing.config import Config
+from processing.jobs import UploadJob, spool_copy
+from processing.passwords import StudentPasswords
+from processing.queue import ProcessingQueue
+from processing.runner import Runner, RunOutcome
+from processing.store import Store, database_path, utc_now
+from processing.workers import RunExecutor
+from tests.conftest import assert_invariant, make_config, write_csv
+
+
+def rows(status: str, n: int = 40) -> list[list[str]]:
+    return [
+        ["0101", f"S{i}", "Ana", f"Lee{i}", "3", f"user{i}", f"pw-{i}-secret", "", status]
+        for i in range(n)
+    ]
+
+
+async def test_runs_over_the_threshold_run_in_a_worker_process_in_order(tmp_path: Path) -> None:
+    config_path = make_config(tmp_path, licenses=100, deactivation_guard=1)
+    config = Config.from_toml(config_path)
+    data = config.server.data
+    store = await Store.open(database_path(data))
+    await store.sync_config(config)
+    runner = Runner(config, store, StudentPasswords.from_data_dir(data))
+    finished: list[RunOutcome] = []
+    runner.on_finished = finished.append
+    executor = RunExecutor(runner, big_run_bytes=0)  # every run goes to a worker
+    queue = ProcessingQueue(runner, store, execute=executor)
+    try:
+        records = []
+        for n, status in enumerate(("A", "D")):  # the second must see the first's students
+            upload = write_csv(tmp_path / f"upload{n}.csv", rows(status))
+            spooled, size = spool_copy(upload, data, "springfield")
+            job = UploadJob("springfield", spooled, size, utc_now(), "students.csv")
+            records.append(await queue.submit(job))
+        await queue.wait_idle()
+    finally:
+        await queue.stop()
+        executor.close()
+        await store.close()
+
+    assert executor._pool is None  # closed
+    assert [o.record.run_id for o in finished] == [r.run_id for r in records]
+    first, second = (o.result for o in finished)
+    assert (first["added"], first["errors"]) == (40, 0)
+    assert second["state"] == "done"
+    assert (second["updated"], second["deactivated"], second["errors"]) == (40, 40, 0)
+    results = tmp_path / "homes" / "springfield" / "results"
+    on_disk = json.loads((results / f"{records[1].run_id}.result.json").read_text("utf-8"))
+    assert on_disk == second
+    assert list((data / "spool" / "springfield").iterdir()) == []  # cleaned by the worker
+    assert_invariant(config_path)
+
+
+async def test_small_runs_stay_in_process(tmp_path: Path) -> None:
+    config_path = make_config(tmp_path)
+    config = Config.from_toml(config_path)
+    store = await Store.open(database_path(config.server.data))
+    await store.sync_config(config)
+    runner = Runner(config, store, StudentPasswords.from_data_dir(config.server.data))
+    executor = RunExecutor(runner)  # default threshold: 4 MiB
+    try:
+        upload = write_csv(tmp_path / "small.csv", rows("A", 5))
+        spooled, size = spool_copy(upload, config.server.data, "springfield")
+        record = await store.enqueue_run(
+            UploadJob("springfield", spooled, size, utc_now(), "students.csv")
+        )
+        outcome = await executor(record)
+    finally:
+        executor.close()
+        await store.close()
+    assert outcome.result["added"] == 5
+    assert executor._pool is None  # no worker process was started
