@@ -93,17 +93,9 @@ from aiosmtpd.controller import Controller
 ROOT = Path(__file__).resolve().parent.parent
 if __name__ == "__main__":  # run as a script: bench/processing.py would shadow the package
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != ROOT / "bench"]
-HEADER = [
-    "School Code",
-    "Student ID",
-    "First Name",
-    "Last Name",
-    "Grade",
-    "Username",
-    "Password",
-    "Class Name",
-    "Status",
-]
+from processing.model import TEMPLATE_COLUMNS  # noqa: E402  (after the sys.path fix)
+
+HEADER = list(TEMPLATE_COLUMNS)
 SFTP_PASSWORD = "crash-campaign-sftp-2026"
 DISTRICT_IDS = ("oak", "elm", "pine", "birch", "cedar")
 LICENSES = {"oak": 30000, "elm": 30000, "pine": 4000, "birch": 30000, "cedar": 9000}

@@ -328,3 +328,38 @@ async def start_server(tmp_path: Path, shared_host_keys: Path, client_key: tuple
     for app in reversed(started):
         if not app.stopped.is_set():
             await app.stop()
+
+
+# ---- students.csv rows shared by the test modules --------------------------------------
+
+PASSWORD_MARK = "Pw-"  # every generated student password starts with it: easy to grep for
+
+
+def pw(student_id: str) -> str:
+    """A distinctive password per student, easy to grep for."""
+    return f"{PASSWORD_MARK}{student_id}-q7Z"
+
+
+def student(
+    student_id: str,
+    status: str = "A",
+    *,
+    school: str = "0101",
+    first: str = "Ana",
+    last: str = "Lee",
+    grade: str = "5",
+    username: str | None = None,
+    password: str | None = None,
+    class_name: str = "Room 1",
+) -> list[str]:
+    return [
+        school,
+        student_id,
+        first,
+        last,
+        grade,
+        f"u{student_id}".lower() if username is None else username,
+        pw(student_id) if password is None else password,
+        class_name,
+        status,
+    ]

@@ -42,7 +42,18 @@ from processing.runner import Runner, RunOutcome
 from processing.sender import Sender
 from processing.stale import check_stale
 from processing.store import QueuedEmail, Store, utc_now
-from tests.conftest import ORDERS, SHE, SPR, csv_text, db_path, eams, make_config
+from tests.conftest import (
+    ORDERS,
+    PASSWORD_MARK,
+    SHE,
+    SPR,
+    csv_text,
+    db_path,
+    eams,
+    make_config,
+    pw,
+    student,
+)
 
 PROJECT = Path(__file__).resolve().parents[2]
 ENT, REG = ORDERS[SPR]
@@ -51,42 +62,12 @@ SENDER_ADDRESS = "eams-notices@myaccess.example"
 OPERATOR = "support@myaccess.example"
 DISTRICT_TO = {SPR: "sis-admin@springfield.k12.example", SHE: "sis-admin@shelbyville.k12.example"}
 ACCENTED = "École Saint-Jérôme"
-PASSWORD_MARK = "Secret-"  # every student password contains it; no email may
 TIMEOUT = 15.0
 
 _files = itertools.count(1)
 
 
-# ---- students.csv rows ------------------------------------------------------------------
-
-
-def pw(student_id: str) -> str:
-    return f"{PASSWORD_MARK}{student_id}-Zq9"
-
-
-def student(
-    student_id: str,
-    status: str = "A",
-    *,
-    school: str = "0101",
-    first: str = "Ana",
-    last: str = "Lee",
-    grade: str = "5",
-    username: str | None = None,
-    password: str | None = None,
-    class_name: str = "Room 1",
-) -> list[str]:
-    return [
-        school,
-        student_id,
-        first,
-        last,
-        grade,
-        f"u{student_id}".lower() if username is None else username,
-        pw(student_id) if password is None else password,
-        class_name,
-        status,
-    ]
+# ---- students.csv rows (student() and pw() come from conftest) --------------------------
 
 
 def ids(prefix: str, first: int, last: int) -> list[str]:

@@ -34,6 +34,8 @@ from tests.conftest import (
     eams,
     eams_json,
     make_config,
+    pw,
+    student,
     write_csv,
 )
 
@@ -88,36 +90,6 @@ ALL_ROW_CODES = {
 }
 RUN_ID = re.compile(r"\d{8}-\d{6}-\d+\Z")
 _files = itertools.count(1)
-
-
-def pw(student_id: str) -> str:
-    """A distinctive password per student, easy to grep for."""
-    return f"Pw-{student_id}-q7Z"
-
-
-def student(
-    student_id: str,
-    status: str = "A",
-    *,
-    school: str = "0101",
-    first: str = "Ana",
-    last: str = "Lee",
-    grade: str = "5",
-    username: str | None = None,
-    password: str | None = None,
-    class_name: str = "Room 1",
-) -> list[str]:
-    return [
-        school,
-        student_id,
-        first,
-        last,
-        grade,
-        f"u{student_id}".lower() if username is None else username,
-        pw(student_id) if password is None else password,
-        class_name,
-        status,
-    ]
 
 
 @dataclass
