@@ -1,17 +1,20 @@
 """UploadJob: the one type that crosses from the SFTP edge into processing.
 
 The edge (or `eams process`) first makes a durable copy of the completed file
-in the spool (`spool_copy`), then hands over an UploadJob; the runner records
-it as a `queued` run before the client's close/rename is answered, so an
-acknowledged upload survives a crash (SPEC §3.1).
+in the spool (`spool_copy`), then hands over an UploadJob to be recorded as a
+queued run. The spool file is the durable record of an acknowledged upload
+(SPEC §3.1): its name carries what the run needs (when it was received,
+whether it came to check/), so a file whose run record did not get written
+before a crash is adopted as a queued run at the next start.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 
 from attrs import frozen
@@ -32,7 +35,17 @@ def spool_dir(data: Path, district_id: str) -> Path:
     return data / "spool" / district_id
 
 
-def spool_copy(source: Path, data: Path, district_id: str) -> tuple[Path, int]:
+SPOOL_TAGS = {"upload": "students.csv", "check": "check/students.csv"}  # adoptable kinds
+
+
+def spool_copy(
+    source: Path,
+    data: Path,
+    district_id: str,
+    *,
+    tag: str = "cli",
+    received_at: datetime | None = None,
+) -> tuple[Path, int]:
     """Put a durable copy of `source` into the spool; return (path, size).
 
     A copy or a hard link, never a move, so the district's `students.csv`
@@ -44,7 +57,9 @@ def spool_copy(source: Path, data: Path, district_id: str) -> tuple[Path, int]:
     """
     folder = spool_dir(data, district_id)
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{uuid.uuid4().hex}.csv"
+    stamp = (received_at or datetime.now(UTC)).strftime("%Y%m%dT%H%M%SZ")
+    # time_ns orders files of the same second; the tag says how to adopt the file.
+    final = folder / f"{stamp}-{time.time_ns()}-{tag}-{uuid.uuid4().hex[:12]}.csv"
     with open(source, "rb") as src:
         os.fsync(src.fileno())
         try:
@@ -62,6 +77,38 @@ def spool_copy(source: Path, data: Path, district_id: str) -> tuple[Path, int]:
     return final, size
 
 
+def adoptable_job(path: Path, district_id: str) -> UploadJob | None:
+    """The UploadJob a spool file stands for, if it came from an SFTP upload."""
+    parts = path.stem.split("-")
+    if path.suffix != ".csv" or len(parts) != 4 or parts[2] not in SPOOL_TAGS:
+        return None  # an `eams process` file (the operator saw it fail) or a stray file
+    try:
+        received = datetime.strptime(parts[0], "%Y%m%dT%H%M%SZ").replace(tzinfo=UTC)
+        size = path.stat().st_size
+    except (ValueError, OSError):
+        return None
+    return UploadJob(
+        district_id=district_id,
+        spool_path=path,
+        size=size,
+        received_at=received,
+        source=SPOOL_TAGS[parts[2]],
+        dry_run=parts[2] == "check",
+    )
+
+
+def spool_files(data: Path) -> list[tuple[str, Path]]:
+    """Every (district id, spool file), oldest first within a district."""
+    root = data / "spool"
+    if not root.is_dir():
+        return []
+    found = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        for path in sorted(folder.iterdir(), key=lambda p: p.name):
+            found.append((folder.name, path))
+    return found
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename in `folder` durable."""
     fd = os.open(folder, os.O_RDONLY)
@@ -69,19 +116,3 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
-
-
-def remove_spool_files_except(data: Path, keep: set[str]) -> int:
-    """Delete spool files whose path is not in `keep`; return how many."""
-    removed = 0
-    root = data / "spool"
-    if not root.is_dir():
-        return 0
-    for folder in root.iterdir():
-        if not folder.is_dir():
-            continue
-        for path in folder.iterdir():
-            if str(path) not in keep:
-                path.unlink(missing_ok=True)
-                removed += 1
-    return removed

@@ -26,6 +26,8 @@ from processing.store import RunRecord, Store
 
 log = logging.getLogger("eams.queue")
 
+INTAKE_WAIT = 0.5  # seconds a CLOSE waits for its run record before it is answered anyway
+
 
 def nightly_due(at: tuple[int, int], received: datetime) -> datetime:
     """The first local HH:MM strictly after local `received` (both naive local times)."""
@@ -55,6 +57,8 @@ class ProcessingQueue:
         self._idle = asyncio.Event()
         self._idle.set()
         self._stopping = False
+        self._intake_locks: dict[str, asyncio.Lock] = {}
+        self._intakes: set[asyncio.Task[RunRecord]] = set()  # records being written
         self._queued: set[tuple[str, str]] = set()  # (district, run id) not yet finished
         self._active: set[str] = set()  # queue keys with a run in progress
         self._quiet = asyncio.Event()
@@ -62,11 +66,39 @@ class ProcessingQueue:
         self._local_now = local_now
         self.finished: list[RunRecord] = []  # for logs and tests; bounded below
 
-    async def submit(self, job: UploadJob) -> RunRecord:
-        """Record the spooled upload as a queued run (durable), then queue it."""
-        record = await self.intake.enqueue_run(job)
-        self._put(record)
+    async def submit(self, job: UploadJob, *, wait: float = INTAKE_WAIT) -> RunRecord | None:
+        """Record the spooled upload as a queued run, then queue it.
+
+        The job's spool file is already durable, so the upload is safe to
+        acknowledge either way. Recording normally takes milliseconds; but
+        while another district's run commits (a 500,000-student first load
+        holds SQLite's write lock for seconds) it waits. After `wait` seconds
+        this returns None and the record follows in the background, so the
+        client's CLOSE is not held up; a crash meanwhile is covered by
+        `Runner.settle_spool` adopting the file at the next start. A district's
+        records are written one at a time, in arrival order.
+        """
+        lock = self._intake_locks.setdefault(job.district_id, asyncio.Lock())
+        task = asyncio.create_task(self._record(job, lock))
+        self._intakes.add(task)
+        task.add_done_callback(self._recorded)
+        done, _ = await asyncio.wait({task}, timeout=wait)
+        return task.result() if done else None
+
+    async def _record(self, job: UploadJob, lock: asyncio.Lock) -> RunRecord:
+        async with lock:
+            record = await self.intake.enqueue_run(job)
+        self._put(record)  # no await between: queue order is record order
         return record
+
+    def _recorded(self, task: asyncio.Task[RunRecord]) -> None:
+        self._intakes.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error(
+                "an upload's run could not be recorded (%s); its spool file is adopted "
+                "at the next start",
+                task.exception(),
+            )
 
     async def resume(self) -> int:
         """Queue runs acknowledged before a crash or stop; return how many."""
@@ -154,11 +186,15 @@ class ProcessingQueue:
                     self._idle.set()
 
     async def wait_idle(self) -> None:
-        """Until every queued run has finished (tests and graceful stops)."""
+        """Until every submitted upload is recorded and every queued run has finished."""
+        while self._intakes:
+            await asyncio.gather(*self._intakes, return_exceptions=True)
         await self._idle.wait()
 
     async def stop(self) -> None:
         """Let runs in progress finish; runs not yet started stay queued in the database."""
+        if self._intakes:  # acknowledged uploads: their records first
+            await asyncio.gather(*self._intakes, return_exceptions=True)
         self._stopping = True
         for key, worker in self._workers.items():
             if key not in self._active:

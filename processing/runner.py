@@ -25,7 +25,7 @@ from attrs import frozen
 
 from processing.config import Config, District
 from processing.decode import open_text
-from processing.jobs import UploadJob, remove_spool_files_except
+from processing.jobs import UploadJob, adoptable_job, spool_files
 from processing.model import FileProblem, FileRejected
 from processing.notify import run_emails
 from processing.passwords import StudentPasswords
@@ -198,14 +198,34 @@ class Runner:
                 rewritten += 1
         return rewritten
 
-    async def remove_orphan_spool_files(self) -> int:
-        """At start (before listening): spool files no pending or held run needs.
+    async def settle_spool(self) -> tuple[int, int]:
+        """At start (before listening): give every spool file its run, or remove it.
 
-        A crash between the spool copy and the queued record, or between a
-        run's commit and its clean-up, leaves one behind.
+        - a file whose run is queued, approved or held stays;
+        - a file whose run finished is removed (a crash came before clean-up);
+        - a file with no run at all is an upload completed just before a crash,
+          before its run record was written: it becomes a queued run now
+          (uploads and check/ uploads; an `eams process` file is removed, its
+          operator saw the command fail).
+        Returns (adopted, removed).
         """
-        in_use = await self.store.spool_paths_in_use()
-        return await asyncio.to_thread(remove_spool_files_except, self.config.server.data, in_use)
+        states = await self.store.spool_states()
+        adopted = removed = 0
+        for district_id, path in await asyncio.to_thread(spool_files, self.config.server.data):
+            state = states.get(str(path))
+            if state in ("queued", "approved", "held"):
+                continue
+            job = adoptable_job(path, district_id) if state is None else None
+            if job is not None and district_id in self.config.districts:
+                record = await self.store.enqueue_run(job)
+                log.warning(
+                    "adopted spooled upload %s as run %s %s", path.name, district_id, record.run_id
+                )
+                adopted += 1
+            else:
+                path.unlink(missing_ok=True)
+                removed += 1
+        return adopted, removed
 
     async def _write_results(
         self, record: RunRecord, result: dict[str, Any], errors: Sequence[PlannedError] | None

@@ -522,13 +522,12 @@ class Store:
         )
 
     @serialized
-    async def spool_paths_in_use(self) -> set[str]:
-        """Spool files of runs still to process or held for an operator."""
+    async def spool_states(self) -> dict[str, str]:
+        """Spool file -> the state of the run that owns it (runs that still have one)."""
         rows = await self.db.execute_fetchall(
-            "SELECT spool_path FROM runs WHERE state IN ('queued', 'approved', 'held') "
-            "AND spool_path IS NOT NULL"
+            "SELECT spool_path, state FROM runs WHERE spool_path IS NOT NULL"
         )
-        return {row[0] for row in rows}
+        return {row[0]: row[1] for row in rows}
 
     @serialized
     async def set_run_state(self, run: RunRecord, state: str, *, expect: str) -> None:

@@ -172,9 +172,11 @@ class EamsServer:
         rewritten = await self.runner.rewrite_missing_results()
         if rewritten:
             log.info("wrote the missing result files of %d run(s)", rewritten)
-        orphans = await self.runner.remove_orphan_spool_files()
-        if orphans:
-            log.info("removed %d spool file(s) that belong to no pending run", orphans)
+        adopted, removed = await self.runner.settle_spool()
+        if adopted or removed:
+            log.info(
+                "spool: %d upload(s) adopted as queued runs, %d file(s) removed", adopted, removed
+            )
         resumed = await self.queue.resume()
         if resumed:
             log.info("resuming %d queued run(s) left from before the last stop", resumed)

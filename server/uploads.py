@@ -24,6 +24,7 @@ import logging
 import os
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import BinaryIO, cast
 
@@ -192,7 +193,7 @@ class Uploads:
 
     async def complete_rename(
         self, district_id: str, temp: Path, virtual: str, target: Path
-    ) -> RunRecord:
+    ) -> RunRecord | None:
         """RENAME of a temporary upload to students.csv: move it into place, complete it.
 
         Write handles still open on the temporary file (a client that renames
@@ -209,14 +210,29 @@ class Uploads:
         os.replace(temp, target)
         return await self.complete(district_id, virtual, target)
 
-    async def complete(self, district_id: str, virtual: str, path: Path) -> RunRecord:
-        """Spool the finished students.csv durably and queue its run; then answer."""
+    async def complete(self, district_id: str, virtual: str, path: Path) -> RunRecord | None:
+        """Spool the finished students.csv durably and queue its run; then answer.
+
+        The durable spool file is what makes the upload safe to acknowledge;
+        the run record normally follows within milliseconds, and while another
+        district's big run holds the database it follows in the background
+        (None is returned then). See ProcessingQueue.submit.
+        """
         received = utc_now()
+        dry_run = virtual.startswith("/check/")
         try:
-            spooled, size = await asyncio.to_thread(spool_copy, path, self.data, district_id)
+            spooled, size = await asyncio.to_thread(
+                partial(
+                    spool_copy,
+                    path,
+                    self.data,
+                    district_id,
+                    tag="check" if dry_run else "upload",
+                    received_at=received,
+                )
+            )
         except OSError as exc:
             raise UploadRefused(f"the server could not store the upload: {exc.strerror}") from exc
-        dry_run = virtual.startswith("/check/")
         job = UploadJob(
             district_id=district_id,
             spool_path=spooled,
@@ -231,7 +247,7 @@ class Uploads:
             district_id,
             virtual,
             size,
-            record.run_id,
+            record.run_id if record else "(recorded as soon as the database is free)",
             " (dry run)" if dry_run else "",
         )
         return record
