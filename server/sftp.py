@@ -193,11 +193,24 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
     # ---- names ---------------------------------------------------------------------------
 
     async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
-        async for entry in super().scandir(path):
-            name = entry.filename
-            if isinstance(name, bytes) and name.startswith(HIDDEN_PREFIX):
-                continue
-            yield entry
+        """asyncssh's listing, but hidden staging/temp names are skipped before they
+        are stat'ed, and a file that vanishes between listing and stat (a result
+        file being written) is left out instead of failing the whole listing
+        (bench/load.py saw that as a "No such file" for a district polling results/)."""
+        real = self.map_path(path)
+        here = SFTPAttrs.from_local(os.stat(real))
+        for name in (b".", b".."):  # ".." of a folder shown as itself: never outside
+            yield SFTPName(name, attrs=here)
+        with os.scandir(real) as entries:
+            for entry in entries:
+                name = os.fsencode(entry.name)
+                if name.startswith(HIDDEN_PREFIX):
+                    continue
+                try:
+                    stat = entry.stat(follow_symlinks=False)
+                except FileNotFoundError:
+                    continue
+                yield SFTPName(name, attrs=SFTPAttrs.from_local(stat))
 
     def remove(self, path: bytes) -> None:
         refusal = jail.remove_refusal(self.virtual(path))
