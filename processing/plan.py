@@ -93,9 +93,9 @@ def mask(fields: tuple[str, ...]) -> tuple[str, ...]:
     while len(trimmed) > width and not trimmed[-1].strip():
         trimmed = trimmed[:-1]
     if len(trimmed) == width:
-        if trimmed[PASSWORD_COLUMN].strip():
-            return (*trimmed[:PASSWORD_COLUMN], "***", *trimmed[PASSWORD_COLUMN + 1 :])
-        return trimmed
+        # a blank (or only spaces) password is shown blank; any other as ***
+        shown = "***" if trimmed[PASSWORD_COLUMN].strip() else ""
+        return (*trimmed[:PASSWORD_COLUMN], shown, *trimmed[PASSWORD_COLUMN + 1 :])
     return tuple(
         v if i < 2 and "\n" not in v and "\r" not in v else ("***" if v.strip() else "")
         for i, v in enumerate(trimmed)

@@ -11,14 +11,22 @@ import csv
 import functools
 import io
 import json
+import os
 import sqlite3
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import settings
 
 from processing.model import TEMPLATE_COLUMNS
+
+# CI explores the same examples every run (a red CI must mean a change broke
+# something); a developer's run explores new ones. HYPOTHESIS_PROFILE=dev to compare.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("dev")
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci" if os.environ.get("CI") else "dev"))
 
 SPR, SHE = "springfield", "shelbyville"
 ORDERS = {
