@@ -1,10 +1,10 @@
 """One processing run: decode -> validate -> rules -> store -> result files.
 
-`Runner.submit` records a spooled upload as a queued run (the SFTP edge calls
-it before answering the client); `Runner.run` processes a queued run. Parsing
-and deciding are CPU work and run in a worker thread (`asyncio.to_thread`), so
-a 500,000-row file never stalls the event loop that serves other districts'
-SFTP sessions; the database is touched only in bulk, before and after.
+`Runner.submit` records a spooled upload as a queued run; `Runner.run`
+processes a queued run. Parsing and deciding are CPU work and run in a worker
+thread (`asyncio.to_thread`), off the event loop; the server sends big files
+to a worker process instead (`processing/workers.py`). The database is
+touched only in bulk: one load before, one transaction after.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class Runner:
         """Process a queued (or approved) run to its end; idempotent after a crash."""
         for attempt in range(1, RETRIES + 1):
             try:
-                outcome = await self._attempt(record)
+                outcome = await self._decide(record, commit=True)
             except Conflict as exc:
                 if attempt == RETRIES:
                     raise
@@ -98,9 +98,6 @@ class Runner:
             result=None,
         )
         return await self._decide(record, commit=False)
-
-    async def _attempt(self, record: RunRecord) -> RunOutcome:
-        return await self._decide(record, commit=True)
 
     async def _decide(self, record: RunRecord, *, commit: bool) -> RunOutcome:
         district = self.config.district(record.district_id)

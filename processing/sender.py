@@ -68,15 +68,25 @@ class Sender:
         self.max_retry = max_retry
         self.poll = poll
         self._wake = asyncio.Event()
+        self._stopping = False
 
     def wake(self) -> None:
         """New email queued in this process: look now instead of at the next poll."""
         self._wake.set()
 
+    def stop(self) -> None:
+        """Finish the delivery in progress, then end `run()`.
+
+        Cancelling instead could land between the mail server's 250 and the
+        outbox update, and the message would go out again after the restart.
+        """
+        self._stopping = True
+        self._wake.set()
+
     async def run(self) -> None:
-        """Deliver forever (until cancelled); pending emails are tried at once on start."""
+        """Deliver until `stop()`; pending emails are tried at once on start."""
         await self.store.retry_pending_now(self.clock())
-        while True:
+        while not self._stopping:
             self._wake.clear()  # before looking: a wake() during send_due is not lost
             try:
                 await self.send_due()
@@ -100,6 +110,8 @@ class Sender:
             if not items:
                 return attempted
             for item in items:
+                if self._stopping:
+                    return attempted
                 try:
                     await self.deliver(item)
                 except sqlite3.Error:  # the database itself: run() logs and tries again

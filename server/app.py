@@ -46,6 +46,7 @@ LOGIN_TIMEOUT = 60
 IDLE_TIMEOUT = 30 * 60  # an SFTP session that makes no request for this long is closed
 HOUSEKEEPING_SECONDS = 3600
 STALE_CHECK_SECONDS = 300
+SENDER_STOP_SECONDS = 30  # at most this long for an email being handed to the mail server
 
 
 def prepare_home(home: Path) -> None:
@@ -136,6 +137,7 @@ class EamsServer:
         self.ssh: asyncssh.SSHAcceptor | None = None
         self.ftp: asyncio.Server | None = None
         self.stopped = asyncio.Event()
+        self.sender_task: asyncio.Task[None] | None = None
 
     # ---- start / stop ------------------------------------------------------------------
 
@@ -166,7 +168,8 @@ class EamsServer:
             settings.data / "outbox",
         )
         self.runner.on_finished = lambda _outcome: self.sender.wake()
-        self._tasks.append(asyncio.create_task(self.sender.run(), name="sender"))
+        self.sender_task = asyncio.create_task(self.sender.run(), name="sender")
+        self._tasks.append(self.sender_task)
         # What the last stop (or crash) left is queued BEFORE the port opens, so a
         # new upload can never overtake a run acknowledged before it (bench/crash.py).
         rewritten = await self.runner.rewrite_missing_results()
@@ -234,6 +237,10 @@ class EamsServer:
             self.ftp.close()
         for conn in list(self.connections):
             conn.close()
+        if self.sender_task is not None:  # let a delivery in progress be recorded
+            self.sender.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self.sender_task), SENDER_STOP_SECONDS)
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
