@@ -338,6 +338,13 @@ async def start_server(tmp_path: Path, shared_host_keys: Path, client_key: tuple
             await app.stop()
 
 
+@pytest.fixture
+async def spr(start_server: Any) -> ServerHandle:
+    """The default server: springfield only, password and key logins."""
+    handle: ServerHandle = await start_server()
+    return handle
+
+
 # ---- students.csv rows shared by the test modules --------------------------------------
 
 PASSWORD_MARK = "Pw-"  # every generated student password starts with it: easy to grep for

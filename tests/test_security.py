@@ -78,12 +78,6 @@ def roster(*rows: list[str] | str) -> bytes:
 
 
 @pytest.fixture
-async def spr(start_server: Any) -> ServerHandle:
-    handle: ServerHandle = await start_server()
-    return handle
-
-
-@pytest.fixture
 async def two_districts(start_server: Any) -> ServerHandle:
     handle: ServerHandle = await start_server(districts=(SPR, SHE))
     (handle.home(SHE) / "students.csv").write_bytes(b"shelbyville's roster")

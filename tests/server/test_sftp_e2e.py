@@ -157,13 +157,6 @@ def free_port() -> int:
 
 
 @pytest.fixture
-async def spr(start_server: Any) -> ServerHandle:
-    """The default server: springfield only, password and key logins."""
-    handle: ServerHandle = await start_server()
-    return handle
-
-
-@pytest.fixture
 async def two_districts(start_server: Any) -> ServerHandle:
     handle: ServerHandle = await start_server(districts=(SPR, SHE))
     return handle
