@@ -182,14 +182,16 @@ class Uploads:
                 raise UploadRefused(f"{upload.refused}; nothing was stored")
             return None
         try:
-            await asyncio.to_thread(_put_in_place, upload)  # fsyncs: off the event loop
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                upload.file.close()
+            await asyncio.to_thread(upload.file.close)  # flush (spool_copy fsyncs)
+            return await self.complete(
+                upload.district_id, upload.virtual, upload.staging, upload.target
+            )
+        except (OSError, UploadRefused) as exc:
             upload.staging.unlink(missing_ok=True)
+            if isinstance(exc, UploadRefused):
+                raise
             log.error("upload by %s failed: %s", upload.district_id, exc.strerror)
             raise UploadRefused(f"the server could not store the upload: {exc.strerror}") from exc
-        return await self.complete(upload.district_id, upload.virtual, upload.target)
 
     async def complete_rename(
         self, district_id: str, temp: Path, virtual: str, target: Path
@@ -207,12 +209,18 @@ class Uploads:
             raise UploadRefused(too_large_message(self.max_bytes))
         for handle in self._open_temps.pop(temp, []):
             handle.refused = f"{temp.name} was already renamed to {target.name}: upload it again"
-        os.replace(temp, target)
-        return await self.complete(district_id, virtual, target)
+        return await self.complete(district_id, virtual, temp, target)
 
-    async def complete(self, district_id: str, virtual: str, path: Path) -> RunRecord | None:
-        """Spool the finished students.csv durably and queue its run; then answer.
+    async def complete(
+        self, district_id: str, virtual: str, finished: Path, target: Path
+    ) -> RunRecord | None:
+        """Spool the finished file durably, move it over students.csv, queue its run.
 
+        The spool copy is taken from `finished` itself (the staging or
+        temporary file), before it becomes students.csv: two sessions of one
+        district uploading at once each spool their own bytes, whichever
+        rename lands last (bench/load.py caught a run that processed the other
+        session's file when the copy was taken from students.csv afterwards).
         The durable spool file is what makes the upload safe to acknowledge;
         the run record normally follows within milliseconds, and while another
         district's big run holds the database it follows in the background
@@ -224,13 +232,14 @@ class Uploads:
             spooled, size = await asyncio.to_thread(
                 partial(
                     spool_copy,
-                    path,
+                    finished,
                     self.data,
                     district_id,
                     tag="check" if dry_run else "upload",
                     received_at=received,
                 )
             )
+            await asyncio.to_thread(_replace, finished, target)
         except OSError as exc:
             raise UploadRefused(f"the server could not store the upload: {exc.strerror}") from exc
         job = UploadJob(
@@ -278,10 +287,7 @@ def _entries(folder: Path) -> list[Path]:
         return []
 
 
-def _put_in_place(upload: StagedUpload) -> None:
-    """Make the staged bytes durable and atomically replace students.csv with them."""
-    upload.file.flush()
-    os.fsync(upload.file.fileno())
-    upload.file.close()
-    os.replace(upload.staging, upload.target)
-    fsync_dir(upload.target.parent)
+def _replace(finished: Path, target: Path) -> None:
+    """Atomically make `finished` the district's students.csv, durably."""
+    os.replace(finished, target)
+    fsync_dir(target.parent)
