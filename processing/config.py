@@ -140,12 +140,6 @@ class Config:
         except KeyError:
             raise KeyError(f"unknown district {district_id!r}") from None
 
-    def district_by_username(self, username: str) -> District | None:
-        for district in self.districts.values():
-            if district.username == username:
-                return district
-        return None
-
 
 class ConfigError(Exception):
     """A config with problems; `problems` holds one `key.path: reason` line each."""
