@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 
 from attrs import define, field, frozen
 
+from processing.config import normalize_grade
 from processing.model import PASSWORD_COLUMN, TEMPLATE_COLUMNS, RawRow, Row, RowCode, RowError
 from processing.rules import Outcome, Student, decide
 from processing.validate import validate
@@ -290,18 +291,20 @@ def restates(
     equals the stored (already validated) one, the status keeps the student
     as it is on the target order, and the password is blank or the same,
     `validate` + `decide` would only conclude UNCHANGED, so skip them. Any
-    difference at all (even "03" for grade 3) takes the full path.
+    other difference takes the full path.
     """
     if current.order_id != target:
         return False
     keeps = _KEEPS_ACTIVE if current.active else _KEEPS_DEACTIVATED
     if fields[8].strip().upper() not in keeps:
         return False
+    grade = fields[4].strip()
+    if grade != current.grade and normalize_grade(grade) != current.grade:
+        return False  # "03" and "KG" restate grades 3 and K (SIS exports often pad them)
     if (
         fields[0].strip() != current.school_code
         or fields[2].strip() != current.first_name
         or fields[3].strip() != current.last_name
-        or fields[4].strip() != current.grade
         or fields[5].strip() != current.username
         or fields[7].strip() != current.class_name
         or current.school_code not in school_codes
