@@ -173,15 +173,18 @@ def _unknown_school(code: str, known: frozenset[str]) -> RowError:
     return _error(RowCode.UNKNOWN_SCHOOL, message)
 
 
+def _too_long(column: str, value: str, limit: int) -> RowError:
+    return _error(
+        RowCode.FIELD_TOO_LONG,
+        f'{column} "{show(value)}" is {len(value)} characters long; at most {limit} are allowed',
+    )
+
+
 def _bad_student_id(value: str) -> RowError:
     if not value:
         return _missing(1)
     if len(value) > MAX_STUDENT_ID:
-        return _error(
-            RowCode.FIELD_TOO_LONG,
-            f'Student ID "{show(value)}" is {len(value)} characters long; '
-            f"at most {MAX_STUDENT_ID} are allowed",
-        )
+        return _too_long("Student ID", value, MAX_STUDENT_ID)
     if _SCIENTIFIC(value):
         return _error(
             RowCode.INVALID_FIELD,
@@ -203,11 +206,7 @@ def _bad_text(column: int, value: str) -> RowError:
     if not value:
         return _missing(column)
     if len(value) > MAX_NAME:
-        return _error(
-            RowCode.FIELD_TOO_LONG,
-            f'{name} "{show(value)}" is {len(value)} characters long; '
-            f"at most {MAX_NAME} are allowed",
-        )
+        return _too_long(name, value, MAX_NAME)
     bad = _CONTROL(value)
     character = _describe(bad.group()) if bad else "a control character"
     return _error(
@@ -231,11 +230,7 @@ def _bad_username(value: str) -> RowError:
     if not value:
         return _missing(5)
     if len(value) > MAX_USERNAME:
-        return _error(
-            RowCode.FIELD_TOO_LONG,
-            f'Username "{show(value)}" is {len(value)} characters long; '
-            f"at most {MAX_USERNAME} are allowed",
-        )
+        return _too_long("Username", value, MAX_USERNAME)
     bad = _USERNAME_CHAR(value)
     if bad:
         return _error(
