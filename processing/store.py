@@ -160,6 +160,19 @@ MIGRATIONS: tuple[str, ...] = (
 
 
 DB_FILE = "eams.sqlite3"
+# `eams students --json` / `eams licenses --json` objects (SPEC §7), in display order
+STUDENT_FIELDS = (
+    "student_id",
+    "school_code",
+    "first_name",
+    "last_name",
+    "grade",
+    "username",
+    "class_name",
+    "status",
+    "order",
+)
+ORDER_FIELDS = ("order", "kind", "licenses", "used", "available")
 
 
 def database_path(data: Path) -> Path:
@@ -690,17 +703,11 @@ class Store:
             (district_id,),
         )
         return [
-            {
-                "student_id": r[0],
-                "school_code": r[1],
-                "first_name": r[2],
-                "last_name": r[3],
-                "grade": r[4],
-                "username": r[5],
-                "class_name": r[6],
-                "status": "active" if r[7] else "deactivated",
-                "order": r[8],
-            }
+            dict(
+                zip(
+                    STUDENT_FIELDS, (*r[:7], "active" if r[7] else "deactivated", r[8]), strict=True
+                )
+            )
             for r in rows
         ]
 

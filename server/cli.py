@@ -27,7 +27,15 @@ from processing.jobs import UploadJob, spool_copy
 from processing.passwords import KEY_FILE, StudentPasswords
 from processing.reports import render_result_txt
 from processing.runner import Runner, RunOutcome
-from processing.store import DB_FILE, RunRecord, Store, database_path, utc_now
+from processing.store import (
+    DB_FILE,
+    ORDER_FIELDS,
+    STUDENT_FIELDS,
+    RunRecord,
+    Store,
+    database_path,
+    utc_now,
+)
 from server.accounts import hash_password
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -191,20 +199,7 @@ async def cmd_students(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(students, ensure_ascii=False))
     else:
-        _table(
-            students,
-            [
-                "student_id",
-                "school_code",
-                "first_name",
-                "last_name",
-                "grade",
-                "username",
-                "class_name",
-                "status",
-                "order",
-            ],
-        )
+        _table(students, STUDENT_FIELDS)
     return EXIT_OK
 
 
@@ -216,7 +211,7 @@ async def cmd_licenses(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(orders))
     else:
-        _table(orders, ["order", "kind", "licenses", "used", "available"])
+        _table(orders, ORDER_FIELDS)
     return EXIT_OK
 
 
