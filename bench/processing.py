@@ -389,9 +389,15 @@ def instrument() -> None:
     if _instrumented:
         return
     _instrumented = True
-    for name in ("_decide_pass", "_student_rows", "write_results"):
+    for name in ("_scan_pass", "_decide_pass", "_student_rows", "write_results"):
         setattr(runner_module, name, _timed(name.strip("_"), getattr(runner_module, name)))
-    for name in ("enqueue_run", "load_district", "usernames_elsewhere", "finish_run"):
+    for name in (
+        "enqueue_run",
+        "load_digests",
+        "load_district",
+        "usernames_elsewhere",
+        "finish_run",
+    ):
         setattr(Store, name, _timed_async(name, getattr(Store, name)))
 
 

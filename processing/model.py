@@ -79,7 +79,10 @@ class RawRow(NamedTuple):
     """One CSV record as read: `line` is the physical line it starts on (header = 1).
 
     `fields` are the original values, untrimmed, exactly as many as the
-    record had (COLUMN_COUNT is validate's job).
+    record had (COLUMN_COUNT is validate's job). `text` is the record's line
+    as written, without its line break, when the record is exactly one
+    physical line (almost always); None when a quoted field spans lines. It
+    is what a row's line digest is taken over (processing/digests.py).
 
     RawRow, Row (and rules.Student/Decision) are NamedTuples rather than
     frozen attrs classes: they are made once per row, 500,000 times a run,
@@ -88,6 +91,7 @@ class RawRow(NamedTuple):
 
     line: int
     fields: tuple[str, ...]
+    text: str | None = None
 
 
 class Row(NamedTuple):

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -28,6 +29,7 @@ class StudentPasswords:
             raise ValueError("the student password key must be 32 bytes")
         self._aead = AESGCM(key)
         self._mac_key = hashlib.blake2b(key, digest_size=32, person=b"eams-pw-mac").digest()
+        self._line_key = hashlib.blake2b(key, digest_size=32, person=b"eams-line").digest()
 
     @classmethod
     def from_data_dir(cls, data: Path) -> StudentPasswords:
@@ -52,6 +54,21 @@ class StudentPasswords:
 
     def mac(self, password: str) -> bytes:
         return hashlib.blake2b(password.encode("utf-8"), key=self._mac_key, digest_size=16).digest()
+
+    def line_digest(self, context: str) -> Callable[[str], bytes]:
+        """Keyed digests of rows' lines under `context` (processing/digests.py).
+
+        A line holds a password, so the digest is keyed like the password MAC.
+        """
+        base = hashlib.blake2b(key=self._line_key, digest_size=16)
+        base.update(context.encode("utf-8", "surrogatepass") + b"\x00")
+
+        def digest(text: str) -> bytes:
+            hasher = base.copy()
+            hasher.update(text.encode("utf-8", "surrogatepass"))
+            return hasher.digest()
+
+        return digest
 
     def encrypt(self, password: str) -> bytes:
         nonce = os.urandom(_NONCE)

@@ -10,11 +10,12 @@ errors and counts. The store then writes the plan in one transaction. Deciding
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from attrs import define, field, frozen
 
 from processing.config import normalize_grade
+from processing.digests import LineDigest
 from processing.model import PASSWORD_COLUMN, TEMPLATE_COLUMNS, RawRow, Row, RowCode, RowError
 from processing.rules import Outcome, Student, decide
 from processing.validate import validate
@@ -136,6 +137,17 @@ class Plan:
     added: set[str] = field(factory=set)  # the student ids in `changes` that are new
     new_passwords: dict[str, str] = field(factory=dict)
     errors: list[PlannedError] = field(factory=list)
+    # student id -> the line digest to store with it (processing/digests.py): for
+    # every changed student (None: clear it) and for unchanged ones whose line
+    # restates them under a digest not stored yet
+    digests: dict[str, bytes | None] = field(factory=dict)
+
+    @classmethod
+    def unchanged(cls, target: str, active_before: int, rows: int) -> Plan:
+        """A file every row of which restates its student (the digest scan proved it)."""
+        plan = cls(target=target, active_before=active_before)
+        plan.counts.rows = plan.counts.unchanged = rows
+        return plan
 
 
 @frozen
@@ -201,15 +213,30 @@ def build_plan(
     duplicates: dict[str, list[int]],
     taken_elsewhere: frozenset[str],
     mac: Callable[[str], bytes],
+    digest: LineDigest | None = None,
+    hits: Mapping[int, str] | None = None,
 ) -> Plan:
-    """Decide every row in file order, mutating `state` as the rows apply."""
+    """Decide every row in file order, mutating `state` as the rows apply.
+
+    `hits` are the lines whose digest is stored for a student (the digest
+    scan of `state`): such a line, when it is a whole record, is unchanged
+    without being parsed further. With `digest`, the plan records the digest
+    of every line that restates its student after the row (`Plan.digests`).
+    """
     plan = Plan(target=target, active_before=state.active_count)
     counts = plan.counts
     students, owners, orders = state.students, state.owners, state.orders
     target_tally = orders[target]
+    digests = plan.digests
+    hits = hits or {}
     for raw in raw_rows:
         counts.rows += 1
-        fields = raw.fields
+        fields, text = raw.fields, raw.text
+        if text is not None:
+            hit = hits.get(raw.line)
+            if hit is not None and hit not in duplicates:
+                counts.unchanged += 1
+                continue
         if len(fields) == 9:
             known = students.get(fields[1].strip())
             if (
@@ -218,6 +245,8 @@ def build_plan(
                 and restates(known, fields, target, school_codes, grades, mac)
             ):
                 counts.unchanged += 1
+                if digest is not None and text is not None:
+                    digests[known.student_id] = digest(text)
                 continue
         checked = validate(raw, school_codes, grades)
         student_id = raw.fields[1].strip() if len(raw.fields) > 1 else ""
@@ -250,11 +279,27 @@ def build_plan(
             orders[decision.take_from].used += 1
         if decision.give_back is not None:
             orders[decision.give_back].used -= 1
+        after = current if decision.outcome is Outcome.UNCHANGED else decision.student
+        assert after is not None
+        # After an applied row the student holds the row's values, so the line
+        # restates it (`restates`) when the student is on the target order (a D
+        # row leaves an active student of another order on it) and the row is
+        # not an X (run again, an X is STUDENT_EXISTS). Cheaper than calling
+        # `restates`; tests/processing/test_properties.py checks they agree.
+        line_digest = (
+            digest(text)
+            if digest is not None
+            and text is not None
+            and row.status != "X"
+            and after.order_id == target
+            else None
+        )
         if decision.outcome is Outcome.UNCHANGED:
             counts.unchanged += 1
+            if line_digest is not None:
+                digests[row.student_id] = line_digest
             continue
-        new = decision.student
-        assert new is not None
+        new = after
         if decision.outcome is Outcome.ADDED:
             counts.added += 1
             plan.added.add(row.student_id)
@@ -268,6 +313,7 @@ def build_plan(
         owners[key] = row.student_id
         students[row.student_id] = new
         plan.changes[row.student_id] = new
+        digests[row.student_id] = line_digest
         if decision.password_changed and row.password is not None:
             plan.new_passwords[row.student_id] = row.password
     return plan

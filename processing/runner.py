@@ -21,10 +21,11 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
-from attrs import frozen
+from attrs import Factory, frozen
 
 from processing.config import Config, District
 from processing.decode import open_text
+from processing.digests import LineDigest, Scan, digest_context, scan_lines
 from processing.jobs import UploadJob, adoptable_job, spool_files
 from processing.model import FileProblem, FileRejected
 from processing.notify import run_emails
@@ -33,6 +34,7 @@ from processing.plan import (
     Counts,
     DistrictState,
     FirstPass,
+    OrderTally,
     Plan,
     PlannedError,
     Tap,
@@ -40,7 +42,7 @@ from processing.plan import (
 )
 from processing.reports import write_results
 from processing.store import Conflict, OrderWrite, RunRecord, Store, iso, utc_now
-from processing.template import read_rows
+from processing.template import read_lines, read_rows
 
 log = logging.getLogger("eams.runner")
 
@@ -104,23 +106,49 @@ class Runner:
         target = record.order_id or district.order.id
         path = Path(record.spool_path or "")
         limit = self.config.server.max_upload_bytes
-        with gc_paused():
-            state = await self.store.load_district(district.id)
-        if target not in state.orders:
+        known = await self.store.load_digests(district.id)
+        if target not in known.orders:
             raise LookupError(f"district {district.id} has no order {target!r}")
-        passes = partial(_decide_pass, path, limit, district, target, self.passwords)
+        digest = self.passwords.line_digest(
+            digest_context(target, district.school_codes, district.grades)
+        )
+        orders, version = known.orders, known.version
         try:
-            encoding, plan, first = await asyncio.to_thread(passes, state, {}, frozenset())
+            scanned = (
+                await asyncio.to_thread(_scan_pass, path, limit, known.digests, digest)
+                if known.digests
+                else None
+            )
+            if scanned is not None and scanned[1].all_unchanged:
+                encoding, scan = scanned
+                active = sum(tally.used for tally in orders.values())
+                plan = Plan.unchanged(target, active, scan.rows)
+            else:
+                with gc_paused():
+                    state = await self.store.load_district(district.id)
+                # The scan's hits hold for the state it was taken against only.
+                hits = scanned[1].hits if scanned and state.version == known.version else None
+                passes = partial(
+                    _decide_pass, path, limit, district, target, self.passwords, digest
+                )
+                encoding, plan, first = await asyncio.to_thread(
+                    passes, state, {}, frozenset(), hits
+                )
+                taken = await self.store.usernames_elsewhere(district.id, first.usernames)
+                if first.duplicates or taken:
+                    # The one-pass plan assumed neither (true of almost every file):
+                    # decide again from the stored state, knowing both.
+                    with gc_paused():
+                        state = await self.store.load_district(district.id)
+                    hits = hits if state.version == known.version else None
+                    _, plan, _ = await asyncio.to_thread(
+                        passes, state, first.duplicates, taken, hits
+                    )
+                orders, version = state.orders, state.version
         except FileRejected as rejected:
-            return await self._file_failed(record, district, state, rejected.problem, commit)
-        taken = await self.store.usernames_elsewhere(district.id, first.usernames)
-        if first.duplicates or taken:
-            # The one-pass plan assumed neither (true of almost every file):
-            # decide again from the stored state, knowing both.
-            with gc_paused():
-                state = await self.store.load_district(district.id)
-            _, plan, _ = await asyncio.to_thread(passes, state, first.duplicates, taken)
-        version = state.version
+            return await self._file_failed(
+                record, district, orders[target], rejected.problem, commit
+            )
         # A dry run is held too: it reports what the real upload would do (SPEC §6.2).
         held_reason = None if record.state == "approved" else guard_reason(plan, district)
         run_state = "held" if held_reason else "done"
@@ -129,17 +157,16 @@ class Runner:
             state=run_state,
             encoding=encoding,
             counts=plan.counts,
-            licenses=state.orders[target],
+            licenses=orders[target],
             held_reason=held_reason,
         )
         if commit:
             apply = run_state == "done" and not record.dry_run
-            changed, new = (
+            rows = (
                 await asyncio.to_thread(_student_rows, plan, district.id, self.passwords)
                 if apply
-                else ([], [])
+                else StudentRows()
             )
-            orders = [OrderWrite(t.id, t.used) for t in state.orders.values()] if apply else []
             await self.store.finish_run(
                 record,
                 state=run_state,
@@ -147,9 +174,10 @@ class Runner:
                 errors=plan.errors,
                 emails=run_emails(self.config, district, result, plan.errors),
                 expected_version=version if apply else None,
-                students=changed,
-                new_students=new,
-                orders=orders,
+                students=rows.changed,
+                new_students=rows.new,
+                orders=[OrderWrite(t.id, t.used) for t in orders.values()] if apply else [],
+                digests=rows.digests,
             )
         return RunOutcome(record, result, tuple(plan.errors))
 
@@ -157,17 +185,16 @@ class Runner:
         self,
         record: RunRecord,
         district: District,
-        state: DistrictState,
+        licenses: OrderTally,
         problem: FileProblem,
         commit: bool,
     ) -> RunOutcome:
-        target = record.order_id or district.order.id
         result = build_result(
             record,
             state="failed",
             encoding=None,
             counts=Counts(),
-            licenses=state.orders[target],
+            licenses=licenses,
             file_error={"code": str(problem.code), "message": problem.message},
         )
         errors = [PlannedError(None, str(problem.code), problem.message, ())]
@@ -345,15 +372,27 @@ def gc_paused() -> Iterator[None]:
                 gc.enable()
 
 
+def _scan_pass(
+    path: Path, limit: int, known: dict[bytes, str], digest: LineDigest
+) -> tuple[str, Scan]:
+    """Decode the file, check its header and hash its lines (a worker thread)."""
+    text, encoding = open_text(path, limit)
+    with text:
+        first_line, lines = read_lines(text)
+        return encoding, scan_lines(first_line, lines, known, digest)
+
+
 def _decide_pass(
     path: Path,
     limit: int,
     district: District,
     target: str,
     passwords: StudentPasswords,
+    digest: LineDigest,
     state: DistrictState,
     duplicates: dict[str, list[int]],
     taken: frozenset[str],
+    hits: dict[int, str] | None,
 ) -> tuple[str, Plan, FirstPass]:
     """Decode, read and decide the whole file in one streaming pass (a worker thread)."""
     text, encoding = open_text(path, limit)
@@ -368,26 +407,34 @@ def _decide_pass(
             duplicates=duplicates,
             taken_elsewhere=taken,
             mac=passwords.mac,
+            digest=digest,
+            hits=hits,
         )
         return encoding, plan, tap.result()
 
 
-def _student_rows(
-    plan: Plan, district_id: str, passwords: StudentPasswords
-) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]]]:
-    """(changed, new) rows for Store.finish_run; passwords encrypted here, off the loop.
+@frozen
+class StudentRows:
+    """What `Store.finish_run` writes for a plan's students."""
+
+    changed: list[tuple[Any, ...]] = Factory(list)
+    new: list[tuple[Any, ...]] = Factory(list)
+    digests: list[tuple[bytes, str]] = Factory(list)
+
+
+def _student_rows(plan: Plan, district_id: str, passwords: StudentPasswords) -> StudentRows:
+    """The plan's rows for Store.finish_run; passwords encrypted here, off the loop.
 
     Changed students keep the file's order (a username one student gives up
     may be taken by a later row); new ones are sorted by Student ID, so the
     clustered table is written in key order (a 500,000-row first load).
     """
     now = iso(utc_now())
-    new_passwords, added = plan.new_passwords, plan.added
-    changed: list[tuple[Any, ...]] = []
-    new: list[tuple[Any, ...]] = []
+    new_passwords, added, digests = plan.new_passwords, plan.added, plan.digests
+    rows = StudentRows()
     for student_id, s in plan.changes.items():
         password = new_passwords.get(student_id)
-        (new if student_id in added else changed).append(
+        (rows.new if student_id in added else rows.changed).append(
             (
                 district_id,
                 s.student_id,
@@ -403,7 +450,13 @@ def _student_rows(
                 passwords.encrypt(password) if password is not None else None,
                 s.password_mac if password is not None else None,
                 now,
+                digests.get(student_id),
             )
         )
-    new.sort(key=itemgetter(1))
-    return changed, new
+    rows.new.sort(key=itemgetter(1))
+    rows.digests.extend(
+        (digest, student_id)
+        for student_id, digest in digests.items()
+        if digest is not None and student_id not in plan.changes
+    )
+    return rows

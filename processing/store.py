@@ -22,7 +22,7 @@ import sqlite3
 from collections.abc import Callable, Coroutine, Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 import aiosqlite
 from attrs import frozen
@@ -156,6 +156,10 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE runs ADD COLUMN results_written INTEGER NOT NULL DEFAULT 1;
     """,
+    # 5: the digest of the line that last restated each student (processing/digests.py)
+    """
+    ALTER TABLE students ADD COLUMN line_digest BLOB;
+    """,
 )
 
 
@@ -259,6 +263,15 @@ class UploadStatus:
 
 
 @frozen
+class KnownLines:
+    """`Store.load_digests`: line digest -> student id, with the district's version and orders."""
+
+    version: int
+    orders: dict[str, OrderTally]
+    digests: dict[bytes, str]
+
+
+@frozen
 class OrderWrite:
     id: str
     used: int
@@ -271,8 +284,8 @@ _RUN_COLUMNS = (
 _INSERT_STUDENT = """
     INSERT INTO students (district_id, student_id, school_code, first_name, last_name, grade,
         username, username_key, class_name, active, order_id, password_enc, password_mac,
-        updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+        updated_at, line_digest)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
 """
 _UPSERT_STUDENT = (
     _INSERT_STUDENT
@@ -284,7 +297,7 @@ _UPSERT_STUDENT = (
         active = excluded.active, order_id = excluded.order_id,
         password_enc = coalesce(excluded.password_enc, students.password_enc),
         password_mac = coalesce(excluded.password_mac, students.password_mac),
-        updated_at = excluded.updated_at
+        updated_at = excluded.updated_at, line_digest = excluded.line_digest
 """
 )
 
@@ -593,6 +606,38 @@ class Store:
         return await asyncio.to_thread(_state, district_id, version, orders, cursor_rows)
 
     @serialized
+    async def load_digests(self, district_id: str) -> KnownLines:
+        """The district's version and orders, and its students' line digests (no other data).
+
+        What the digest scan needs: for a file that restates every student,
+        this is the whole load (processing/digests.py).
+        """
+        rows = list(
+            await self.db.execute_fetchall(
+                "SELECT version FROM districts WHERE id = ?", (district_id,)
+            )
+        )
+        if not rows:
+            raise LookupError(f"unknown district {district_id!r}")
+        orders = {
+            row[0]: OrderTally(row[0], row[1], row[2], row[3])
+            for row in await self.db.execute_fetchall(
+                "SELECT id, kind, licenses, used FROM orders WHERE district_id = ?",
+                (district_id,),
+            )
+        }
+        cursor = await self.db.execute(
+            "SELECT line_digest, student_id FROM students "
+            "WHERE district_id = ? AND line_digest IS NOT NULL",
+            (district_id,),
+        )
+        cursor.row_factory = None
+        pairs = cast("list[tuple[bytes, str]]", await cursor.fetchall())
+        digests = dict(pairs)  # in C: 500,000 pairs in a few milliseconds
+        await cursor.close()
+        return KnownLines(rows[0][0], orders, digests)
+
+    @serialized
     async def usernames_elsewhere(self, district_id: str, keys: Iterable[str]) -> frozenset[str]:
         """Which of these lower-cased usernames belong to students of other districts."""
         taken: set[str] = set()
@@ -630,8 +675,12 @@ class Store:
         students: Sequence[tuple[Any, ...]] = (),
         new_students: Sequence[tuple[Any, ...]] = (),
         orders: Sequence[OrderWrite] = (),
+        digests: Sequence[tuple[bytes, str]] = (),
     ) -> None:
         """Write a run's student changes, order counts, run record, errors and emails at once.
+
+        `digests` are (line digest, student id) of unchanged students whose
+        line restates them under a digest not stored yet.
 
         `expected_version` (when students change) is the district version the
         plan was decided on; a mismatch, or a username another district took
@@ -657,6 +706,11 @@ class Store:
                 await self.db.executemany(_UPSERT_STUDENT, students)
             if new_students:
                 await self.db.executemany(_INSERT_STUDENT, new_students)
+            if digests:
+                await self.db.executemany(
+                    "UPDATE students SET line_digest = ? WHERE district_id = ? AND student_id = ?",
+                    [(digest, run.district_id, student_id) for digest, student_id in digests],
+                )
             if orders:
                 await self.db.executemany(
                     "UPDATE orders SET used = ? WHERE district_id = ? AND id = ?",

@@ -47,6 +47,9 @@ _SEPARATORS = (
 )
 _FOLDED = tuple(name.casefold() for name in TEMPLATE_COLUMNS)
 _SHOW_MAX = 40
+TEXT_LIMIT = 4096
+"""RawRow.text is kept for lines up to this long: a row that fits the template is far
+shorter, and a hostile 50 MB line is not copied once more for a digest."""
 _VISIBLE = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
 
@@ -60,7 +63,50 @@ def read_rows(text: TextIO) -> Iterator[RawRow]:
     a record the csv module cannot parse ends the iteration as a final RawRow
     with no fields, which validation reports as a column count error.
     """
+    lines = _Lines(text)
+    reader = csv.reader(lines, strict=False)
+    _check_header(reader)
+    return _records(reader, lines)
+
+
+def read_lines(text: TextIO) -> tuple[int, Iterator[str]]:
+    """Check the header now; return its last line number and the physical lines after it.
+
+    The lines keep their line breaks (CR, LF or CRLF, as the csv module sees
+    them). This is the digest scan's view of a file (processing/digests.py):
+    no CSV parsing at all, so an unchanged 500,000-row file costs one hash
+    per line. The header check is the same as read_rows'.
+    """
     reader = csv.reader(text, strict=False)
+    _check_header(reader)
+    return reader.line_num, iter(text)
+
+
+class _Lines:
+    """The text's physical lines for csv.reader, remembering the last one handed out."""
+
+    __slots__ = ("_lines", "last")
+
+    def __init__(self, text: TextIO) -> None:
+        self._lines = iter(text)
+        self.last = ""
+
+    def __iter__(self) -> _Lines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self._lines)
+        # a hostile 50 MB line is not kept alive a moment longer than the csv module keeps it
+        self.last = line if len(line) <= TEXT_LIMIT else ""
+        return line
+
+    def take_text(self) -> str | None:
+        """The last line without its line break (None if it was over TEXT_LIMIT)."""
+        line = self.last
+        return line.rstrip("\r\n") if line else None
+
+
+def _check_header(reader: Reader) -> None:
     try:
         for header in reader:
             if _has_content(header):
@@ -78,7 +124,6 @@ def read_rows(text: TextIO) -> Iterator[RawRow]:
     problem = header_problem(header)
     if problem is not None:
         raise FileRejected(FileCode.HEADER_MISMATCH, problem)
-    return _records(reader)
 
 
 def header_problem(header: list[str]) -> str | None:
@@ -155,8 +200,12 @@ def _separator_hint(cells: list[str]) -> str | None:
     return hint if count else None
 
 
-def _records(reader: Reader) -> Iterator[RawRow]:
-    """Yield non-blank records with the physical line each one starts on."""
+def _records(reader: Reader, lines: _Lines) -> Iterator[RawRow]:
+    """Yield non-blank records with the physical line each one starts on.
+
+    A record that took exactly one line (of at most TEXT_LIMIT characters)
+    carries that line's text without its line break, for the line digest.
+    """
     line_num = reader.line_num
     while True:
         start = line_num + 1
@@ -169,7 +218,8 @@ def _records(reader: Reader) -> Iterator[RawRow]:
             return
         line_num = reader.line_num
         if fields and _has_content(fields):
-            yield RawRow(start, tuple(fields))
+            text = lines.take_text() if line_num == start else None
+            yield RawRow(start, tuple(fields), text)
 
 
 def _has_content(fields: list[str]) -> bool:

@@ -23,7 +23,7 @@ from processing.decode import open_text
 from processing.jobs import UploadJob, spool_copy
 from processing.model import TEMPLATE_COLUMNS, FileRejected, RawRow, Row, RowError
 from processing.passwords import StudentPasswords
-from processing.plan import DistrictState, OrderTally, build_plan, first_pass
+from processing.plan import DistrictState, OrderTally, build_plan, first_pass, restates
 from processing.rules import Student
 from processing.runner import Runner
 from processing.store import Store
@@ -182,7 +182,8 @@ def test_build_plan_keeps_the_license_invariant(
     start_used = {order: tally.used for order, tally in state.orders.items()}
     check_state(state, start_used)
     taken = taken - set(state.owners)  # a username lives in one district only
-    raws = [RawRow(line, fields) for line, fields in enumerate(rows, start=2)]
+    # the line's text stands for itself: the "digest" is the text, to check below
+    raws = [RawRow(line, fields, "\x1f".join(fields)) for line, fields in enumerate(rows, start=2)]
     found = first_pass(raws)
     plan = build_plan(
         raws,
@@ -193,8 +194,18 @@ def test_build_plan_keeps_the_license_invariant(
         duplicates=found.duplicates,
         taken_elsewhere=taken,
         mac=mac,
+        digest=str.encode,
     )
     check_state(state, start_used)
+    # A digest is recorded only for a line that restates its student as the run left it
+    # (processing/digests.py); a changed student without one has its old one cleared.
+    for student_id, line_digest in plan.digests.items():
+        if line_digest is None:
+            assert student_id in plan.changes
+            continue
+        fields = tuple(line_digest.decode().split("\x1f"))
+        assert fields[1].strip() == student_id
+        assert restates(state.students[student_id], fields, target, SCHOOL_CODES, GRADES, mac)
     counts = plan.counts
     assert counts.rows == len(raws)
     assert counts.rows == counts.added + counts.updated + counts.unchanged + counts.errors

@@ -43,17 +43,21 @@ def fields(*values: str) -> tuple[str, ...]:
 
 ANN = fields("0101", "S1", "Ann", "Lee", "5", "ann", "", "", "A")
 BOB = fields("0101", "S2", "Bob", "Ray", "6", "bob", "pw12", "Room 1", "D")
+ANN_LINE, BOB_LINE = ",".join(ANN), ",".join(BOB)  # RawRow.text: the record's one line
 
 
 @pytest.mark.parametrize("newline", ["\r\n", "\n", "\r"], ids=["CRLF", "LF", "CR"])
 def test_line_endings(tmp_path: Path, newline: str) -> None:
     lines = [TEMPLATE_HEADER, ",".join(ANN), ",".join(BOB)]
-    assert rows(tmp_path, newline.join(lines) + newline) == [RawRow(2, ANN), RawRow(3, BOB)]
+    assert rows(tmp_path, newline.join(lines) + newline) == [
+        RawRow(2, ANN, ANN_LINE),
+        RawRow(3, BOB, BOB_LINE),
+    ]
 
 
 def test_no_newline_at_end(tmp_path: Path) -> None:
     content = TEMPLATE_HEADER + "\n" + ",".join(ANN)
-    assert rows(tmp_path, content) == [RawRow(2, ANN)]
+    assert rows(tmp_path, content) == [RawRow(2, ANN, ANN_LINE)]
 
 
 @pytest.mark.parametrize("newline", ["\r\n", "\n", "\r"], ids=["CRLF", "LF", "CR"])
@@ -73,9 +77,9 @@ def test_quoted_fields_and_line_numbers_after_them(tmp_path: Path, newline: str)
     room = f"Room 1{newline}second line"
     assert rows(tmp_path, content + newline) == [
         RawRow(2, fields("0101", "S1", "Smith, Jr.", 'O"Brien', "5", "ann", "", room, "A")),
-        RawRow(4, BOB),
+        RawRow(4, BOB, BOB_LINE),
         RawRow(5, fields("0101", "S3", f"a{newline}{newline}b", "Lee", "5", "cid", "", "", "A")),
-        RawRow(8, ANN),
+        RawRow(8, ANN, ANN_LINE),
     ]
 
 
@@ -83,7 +87,7 @@ def test_blank_lines_are_skipped_but_counted(tmp_path: Path) -> None:
     content = "\r\n".join(
         [TEMPLATE_HEADER, "", ",".join(ANN), ",,,,,,,,", "   ", " , ,\t,", ",".join(BOB), "", ""]
     )
-    assert rows(tmp_path, content) == [RawRow(3, ANN), RawRow(7, BOB)]
+    assert rows(tmp_path, content) == [RawRow(3, ANN, ANN_LINE), RawRow(7, BOB, BOB_LINE)]
 
 
 def test_values_are_not_trimmed_here(tmp_path: Path) -> None:
@@ -102,7 +106,7 @@ def test_header_only_file_is_valid(tmp_path: Path) -> None:
 def test_header_tolerates_spaces_trailing_cells_quotes_and_a_second_bom(tmp_path: Path) -> None:
     header = "\ufeff" + ", ".join(f'"{name}"' for name in TEMPLATE_COLUMNS) + ",,,"
     content = "\ufeff" + header + "\r\n" + ",".join(ANN) + "\r\n"
-    assert rows(tmp_path, content) == [RawRow(2, ANN)]
+    assert rows(tmp_path, content) == [RawRow(2, ANN, ANN_LINE)]
 
 
 def test_excel_windows_1252_file(tmp_path: Path) -> None:
@@ -112,7 +116,7 @@ def test_excel_windows_1252_file(tmp_path: Path) -> None:
 
 def test_utf16_file(tmp_path: Path) -> None:
     content = TEMPLATE_HEADER + "\r\n" + ",".join(ANN) + "\r\n"
-    assert rows(tmp_path, b"\xff\xfe" + content.encode("utf-16-le")) == [RawRow(2, ANN)]
+    assert rows(tmp_path, b"\xff\xfe" + content.encode("utf-16-le")) == [RawRow(2, ANN, ANN_LINE)]
 
 
 def test_header_swapped_columns(tmp_path: Path) -> None:
@@ -198,7 +202,7 @@ def test_rows_are_streamed(tmp_path: Path) -> None:
         iterator = read_rows(text)
         assert iter(iterator) is iterator  # an iterator, not a list
         first = next(iterator)
-        assert first == RawRow(2, ANN)
+        assert first == RawRow(2, ANN, ANN_LINE)
         assert text.buffer.tell() < path.stat().st_size  # the rest is not read yet
         assert sum(1 for _ in iterator) == 9_999
 
@@ -206,7 +210,7 @@ def test_rows_are_streamed(tmp_path: Path) -> None:
 def test_unterminated_quote_at_end_of_file(tmp_path: Path) -> None:
     content = TEMPLATE_HEADER + "\r\n" + ",".join(ANN) + '\r\n0101,S2,"Bob,Ray,6\r\nbob,,,A\r\n'
     assert rows(tmp_path, content) == [
-        RawRow(2, ANN),
+        RawRow(2, ANN, ANN_LINE),
         RawRow(3, fields("0101", "S2", "Bob,Ray,6\r\nbob,,,A\r\n")),
     ]
 
@@ -216,14 +220,14 @@ def test_one_megabyte_field(tmp_path: Path) -> None:
     content = TEMPLATE_HEADER + f"\r\n0101,S1,{name},Lee,5,ann,,,A\r\n" + ",".join(BOB)
     result = rows(tmp_path, content)
     assert result[0].fields[2] == name
-    assert result[1] == RawRow(3, BOB)
+    assert result[1] == RawRow(3, BOB, BOB_LINE)
 
 
 def test_hundred_thousand_columns(tmp_path: Path) -> None:
     content = TEMPLATE_HEADER + "\r\n" + ",".join(["x"] * 100_000) + "\r\n" + ",".join(BOB)
     result = rows(tmp_path, content)
     assert len(result[0].fields) == 100_000
-    assert result[1] == RawRow(3, BOB)
+    assert result[1] == RawRow(3, BOB, BOB_LINE)
 
 
 def test_csv_error_ends_with_an_empty_row(tmp_path: Path) -> None:
@@ -239,7 +243,7 @@ def test_csv_error_ends_with_an_empty_row(tmp_path: Path) -> None:
             result = list(iterator)
         finally:
             csv.field_size_limit(old)
-    assert result == [RawRow(2, ANN), RawRow(3, ())]
+    assert result == [RawRow(2, ANN, ANN_LINE), RawRow(3, ())]
 
 
 @settings(max_examples=300, suppress_health_check=[HealthCheck.function_scoped_fixture])
