@@ -47,6 +47,7 @@ from processing.template import read_lines, read_rows
 log = logging.getLogger("eams.runner")
 
 GUARD_MINIMUM = 25  # SPEC §5.4: never hold a run that deactivates 25 students or fewer
+SCAN_MIN_BYTES = 1024 * 1024  # about 13,000 rows: smaller files skip the digest scan
 RETRIES = 3
 
 
@@ -63,6 +64,7 @@ class Runner:
         self.store = store
         self.passwords = passwords
         self.on_finished: Callable[[RunOutcome], None] | None = None  # e.g. wake the sender
+        self.scan_min_bytes = SCAN_MIN_BYTES
 
     async def submit(self, job: UploadJob) -> RunRecord:
         """Record a spooled upload as a queued run; after this it cannot be lost."""
@@ -105,50 +107,23 @@ class Runner:
         district = self.config.district(record.district_id)
         target = record.order_id or district.order.id
         path = Path(record.spool_path or "")
-        limit = self.config.server.max_upload_bytes
-        known = await self.store.load_digests(district.id)
-        if target not in known.orders:
-            raise LookupError(f"district {district.id} has no order {target!r}")
         digest = self.passwords.line_digest(
             digest_context(target, district.school_codes, district.grades)
         )
-        orders, version = known.orders, known.version
         try:
-            scanned = (
-                await asyncio.to_thread(_scan_pass, path, limit, known.digests, digest)
-                if known.digests
-                else None
-            )
-            if scanned is not None and scanned[1].all_unchanged:
-                encoding, scan = scanned
+            scanned = await self._scan(district, target, path, digest)
+            if scanned is not None and scanned.scan.all_unchanged:
+                encoding, orders, version = scanned.encoding, scanned.orders, scanned.version
                 active = sum(tally.used for tally in orders.values())
-                plan = Plan.unchanged(target, active, scan.rows)
+                plan = Plan.unchanged(target, active, scanned.scan.rows)
             else:
-                with gc_paused():
-                    state = await self.store.load_district(district.id)
-                # The scan's hits hold for the state it was taken against only.
-                hits = scanned[1].hits if scanned and state.version == known.version else None
-                passes = partial(
-                    _decide_pass, path, limit, district, target, self.passwords, digest
+                encoding, plan, state = await self._decide_rows(
+                    district, target, path, digest, scanned
                 )
-                encoding, plan, first = await asyncio.to_thread(
-                    passes, state, {}, frozenset(), hits
-                )
-                taken = await self.store.usernames_elsewhere(district.id, first.usernames)
-                if first.duplicates or taken:
-                    # The one-pass plan assumed neither (true of almost every file):
-                    # decide again from the stored state, knowing both.
-                    with gc_paused():
-                        state = await self.store.load_district(district.id)
-                    hits = hits if state.version == known.version else None
-                    _, plan, _ = await asyncio.to_thread(
-                        passes, state, first.duplicates, taken, hits
-                    )
                 orders, version = state.orders, state.version
         except FileRejected as rejected:
-            return await self._file_failed(
-                record, district, orders[target], rejected.problem, commit
-            )
+            licenses = (await self.store.load_orders(district.id))[target]
+            return await self._file_failed(record, district, licenses, rejected.problem, commit)
         # A dry run is held too: it reports what the real upload would do (SPEC §6.2).
         held_reason = None if record.state == "approved" else guard_reason(plan, district)
         run_state = "held" if held_reason else "done"
@@ -180,6 +155,58 @@ class Runner:
                 digests=rows.digests,
             )
         return RunOutcome(record, result, tuple(plan.errors))
+
+    async def _scan(
+        self, district: District, target: str, path: Path, digest: LineDigest
+    ) -> Scanned | None:
+        """Hash a nightly-sized file's lines against the stored digests (processing/digests.py).
+
+        None for a file under SCAN_MIN_BYTES (a partial upload: loading every
+        digest of a big district would cost more than it saves) or a district
+        with no digest stored yet (a first load).
+        """
+        try:
+            size = path.stat().st_size
+        except OSError:
+            size = 0  # open_text reports it
+        if size < self.scan_min_bytes:
+            return None
+        known = await self.store.load_digests(district.id)
+        if target not in known.orders:
+            raise LookupError(f"district {district.id} has no order {target!r}")
+        if not known.digests:
+            return None
+        limit = self.config.server.max_upload_bytes
+        encoding, scan = await asyncio.to_thread(_scan_pass, path, limit, known.digests, digest)
+        return Scanned(encoding, scan, known.orders, known.version)
+
+    async def _decide_rows(
+        self,
+        district: District,
+        target: str,
+        path: Path,
+        digest: LineDigest,
+        scanned: Scanned | None,
+    ) -> tuple[str, Plan, DistrictState]:
+        """The full path: load the district, decide every row; returns the state decided on."""
+        with gc_paused():
+            state = await self.store.load_district(district.id)
+        if target not in state.orders:
+            raise LookupError(f"district {district.id} has no order {target!r}")
+        limit = self.config.server.max_upload_bytes
+        passes = partial(_decide_pass, path, limit, district, target, self.passwords, digest)
+        # The scan's hits hold for the state it was taken against only.
+        hits = scanned.hits_for(state) if scanned is not None else None
+        encoding, plan, first = await asyncio.to_thread(passes, state, {}, frozenset(), hits)
+        taken = await self.store.usernames_elsewhere(district.id, first.usernames)
+        if first.duplicates or taken:
+            # The one-pass plan assumed neither (true of almost every file):
+            # decide again from the stored state, knowing both.
+            with gc_paused():
+                state = await self.store.load_district(district.id)
+            hits = scanned.hits_for(state) if scanned is not None else None
+            _, plan, _ = await asyncio.to_thread(passes, state, first.duplicates, taken, hits)
+        return encoding, plan, state
 
     async def _file_failed(
         self,
@@ -411,6 +438,19 @@ def _decide_pass(
             hits=hits,
         )
         return encoding, plan, tap.result()
+
+
+@frozen
+class Scanned:
+    """A digest scan's findings with the district version and orders they were taken on."""
+
+    encoding: str
+    scan: Scan
+    orders: dict[str, OrderTally]
+    version: int
+
+    def hits_for(self, state: DistrictState) -> dict[int, str] | None:
+        return self.scan.hits if state.version == self.version else None
 
 
 @frozen

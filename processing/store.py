@@ -578,22 +578,8 @@ class Store:
 
     @serialized
     async def load_district(self, district_id: str) -> DistrictState:
-        """The district's students and orders in two queries (no per-row round trips)."""
-        rows = list(
-            await self.db.execute_fetchall(
-                "SELECT version FROM districts WHERE id = ?", (district_id,)
-            )
-        )
-        if not rows:
-            raise LookupError(f"unknown district {district_id!r}")
-        version = rows[0][0]
-        orders = {
-            row[0]: OrderTally(row[0], row[1], row[2], row[3])
-            for row in await self.db.execute_fetchall(
-                "SELECT id, kind, licenses, used FROM orders WHERE district_id = ?",
-                (district_id,),
-            )
-        }
+        """The district's students and orders in three queries (no per-row round trips)."""
+        version, orders = await self._version_and_orders(district_id)
         cursor = await self.db.execute(
             "SELECT student_id, school_code, first_name, last_name, grade, username, "
             "class_name, active, order_id, password_mac FROM students WHERE district_id = ?",
@@ -606,12 +592,11 @@ class Store:
         return await asyncio.to_thread(_state, district_id, version, orders, cursor_rows)
 
     @serialized
-    async def load_digests(self, district_id: str) -> KnownLines:
-        """The district's version and orders, and its students' line digests (no other data).
+    async def load_orders(self, district_id: str) -> dict[str, OrderTally]:
+        """The district's orders with their license counts, by order id."""
+        return (await self._version_and_orders(district_id))[1]
 
-        What the digest scan needs: for a file that restates every student,
-        this is the whole load (processing/digests.py).
-        """
+    async def _version_and_orders(self, district_id: str) -> tuple[int, dict[str, OrderTally]]:
         rows = list(
             await self.db.execute_fetchall(
                 "SELECT version FROM districts WHERE id = ?", (district_id,)
@@ -626,6 +611,16 @@ class Store:
                 (district_id,),
             )
         }
+        return rows[0][0], orders
+
+    @serialized
+    async def load_digests(self, district_id: str) -> KnownLines:
+        """The district's version and orders, and its students' line digests (no other data).
+
+        What the digest scan needs: for a file that restates every student,
+        this is the whole load (processing/digests.py).
+        """
+        version, orders = await self._version_and_orders(district_id)
         cursor = await self.db.execute(
             "SELECT line_digest, student_id FROM students "
             "WHERE district_id = ? AND line_digest IS NOT NULL",
@@ -635,7 +630,7 @@ class Store:
         pairs = cast("list[tuple[bytes, str]]", await cursor.fetchall())
         digests = dict(pairs)  # in C: 500,000 pairs in a few milliseconds
         await cursor.close()
-        return KnownLines(rows[0][0], orders, digests)
+        return KnownLines(version, orders, digests)
 
     @serialized
     async def usernames_elsewhere(self, district_id: str, keys: Iterable[str]) -> frozenset[str]:
