@@ -65,6 +65,7 @@ from typing import Any, ParamSpec, TypeVar
 import aiosqlite
 
 import processing.runner as runner_module
+import processing.store as store_module
 from processing.config import Config
 from processing.jobs import UploadJob, spool_copy
 from processing.model import TEMPLATE_COLUMNS
@@ -536,6 +537,56 @@ def run_baseline(csv_path: Path, db_path: Path) -> BaselineResult:
     )
 
 
+def run_insert_floor(config_path: Path, csv_path: Path, folder: Path) -> float:
+    """Seconds for the store's own INSERT of the file's rows as new students, and nothing else.
+
+    The same statement and table as Store.finish_run (the real schema, made by
+    Store.open), in one transaction, on a fresh database; the row tuples are
+    built beforehand with random bytes for the encrypted password, MAC and
+    line digest. No parsing, validation, rules or encryption is timed: this is
+    the floor phase (a) cannot go under.
+    """
+    config = Config.from_toml(config_path)
+    with csv_path.open(encoding="utf-8", newline="") as handle:
+        reader = csv.reader(handle)
+        next(reader)
+        now = utc_now().strftime("%Y-%m-%dT%H:%M:%SZ")
+        rows = sorted(
+            (
+                DISTRICT,
+                r[1],
+                r[0],
+                r[2],
+                r[3],
+                r[4],
+                r[5],
+                r[5].lower(),
+                r[7],
+                1,
+                ORDER,
+                os.urandom(12 + 16 + len(r[6])),
+                os.urandom(16),
+                now,
+                os.urandom(16),
+            )
+            for r in reader
+        )
+
+    async def insert() -> float:
+        store = await Store.open(folder / "floor" / "eams.sqlite3")
+        try:
+            await store.sync_config(config)
+            start = time.perf_counter()
+            await store.db.execute("BEGIN IMMEDIATE")
+            await store.db.executemany(store_module._INSERT_STUDENT, rows)
+            await store.db.execute("COMMIT")
+            return time.perf_counter() - start
+        finally:
+            await store.close()
+
+    return asyncio.run(insert())
+
+
 def in_fresh_process(func: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
     context = multiprocessing.get_context("spawn")
     with ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
@@ -598,6 +649,7 @@ def print_report(
     baseline: BaselineResult,
     phases: list[PhaseResult],
     *,
+    floor_seconds: float,
     gen_seconds: float,
     in_process: bool,
 ) -> int:
@@ -634,6 +686,13 @@ def print_report(
     print(
         f"  baseline split: csv parse {baseline.parse_seconds:.2f} s, "
         f"executemany+commit {baseline.insert_seconds:.2f} s"
+    )
+    budget = baseline.seconds / TARGET_FIRST_LOAD
+    print(
+        f"  insert floor: the store's INSERT of these rows alone (no parsing, checks or "
+        f"encryption) takes {floor_seconds:.2f} s = {floor_seconds / baseline.seconds:.2f}x "
+        f"the baseline's whole time; (a) at {TARGET_FIRST_LOAD}x must finish in {budget:.2f} s, "
+        f"leaving {budget - floor_seconds:.2f} s for everything else"
     )
     peak = max([p.rss_peak_mib for p in phases] + [baseline.rss_peak_mib])
     peak = max(peak, peak_rss_mib(), peak_rss_mib(resource.RUSAGE_CHILDREN))
@@ -703,6 +762,7 @@ def main(argv: list[str] | None = None) -> int:
         work = in_fresh_process(generate, folder, args.rows, args.seed)
         gen_seconds = time.perf_counter() - start
         baseline = in_fresh_process(run_baseline, work.base_csv, folder / "baseline.sqlite3")
+        floor = in_fresh_process(run_insert_floor, work.config, work.base_csv, folder)
         phases = []
         profiled: PhaseSpec | None = None
         for key, source in (("a", work.base_csv), ("b", work.base_csv), ("c", work.delta_csv)):
@@ -714,7 +774,12 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 phases.append(in_fresh_process(run_phase, spec))
         status = print_report(
-            work, baseline, phases, gen_seconds=gen_seconds, in_process=args.in_process
+            work,
+            baseline,
+            phases,
+            floor_seconds=floor,
+            gen_seconds=gen_seconds,
+            in_process=args.in_process,
         )
         if profiled is not None:
             print_profile(in_fresh_process(run_phase, profiled))
