@@ -14,6 +14,7 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -169,6 +170,32 @@ def write_csv(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(csv_text(rows, newline, header).encode(encoding))
     return path
+
+
+async def run_bytes(
+    runner: Any, data: bytes, *, order_id: str | None = None, dry_run: bool = False
+) -> Any:
+    """Process `data` as an upload of students.csv to springfield through `runner`.
+
+    Spooled and queued as the server does (spool_copy, Runner.submit), then
+    run; returns the RunOutcome.
+    """
+    from processing.jobs import UploadJob, spool_copy
+
+    data_dir = runner.config.server.data
+    source = data_dir.parent / "upload.csv"
+    source.write_bytes(data)
+    spooled, size = spool_copy(source, data_dir, SPR)
+    job = UploadJob(
+        district_id=SPR,
+        spool_path=spooled,
+        size=size,
+        received_at=datetime.now(UTC).replace(microsecond=0),
+        source="students.csv",
+        dry_run=dry_run,
+        order_id=order_id,
+    )
+    return await runner.run(await runner.submit(job))
 
 
 def db_path(config_path: Path | str) -> Path:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections.abc import Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,12 +20,11 @@ from hypothesis import strategies as st
 
 from processing.config import Config
 from processing.digests import digest_context, scan_lines
-from processing.jobs import UploadJob, spool_copy
 from processing.passwords import StudentPasswords
 from processing.runner import SCAN_MIN_BYTES, Runner
 from processing.store import Store, database_path
 from processing.template import TEXT_LIMIT
-from tests.conftest import ORDERS, SPR, csv_text, make_config, student
+from tests.conftest import ORDERS, SPR, csv_text, make_config, run_bytes, student
 from tests.processing.test_properties import row_lists
 
 
@@ -119,18 +117,7 @@ class District:
             store.load_district = counted  # type: ignore[method-assign]
             runner = Runner(config, store, StudentPasswords.from_data_dir(config.server.data))
             runner.scan_min_bytes = self.scan_min_bytes
-            source = self.config_path.parent / "upload.csv"
-            source.write_bytes(data)
-            spooled, size = spool_copy(source, config.server.data, SPR)
-            job = UploadJob(
-                district_id=SPR,
-                spool_path=spooled,
-                size=size,
-                received_at=datetime.now(UTC).replace(microsecond=0),
-                source="students.csv",
-                order_id=order,
-            )
-            outcome = await runner.run(await runner.submit(job))
+            outcome = await run_bytes(runner, data, order_id=order)
             assert await store.invariant_violations() == []
             return {
                 "result": {

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 from collections import Counter
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,6 @@ from hypothesis import strategies as st
 
 from processing.config import DEFAULT_GRADES, Config
 from processing.decode import open_text
-from processing.jobs import UploadJob, spool_copy
 from processing.model import TEMPLATE_COLUMNS, FileRejected, RawRow, Row, RowError
 from processing.passwords import StudentPasswords
 from processing.plan import DistrictState, OrderTally, build_plan, first_pass, restates
@@ -29,7 +27,7 @@ from processing.runner import Runner
 from processing.store import Store
 from processing.template import read_rows
 from processing.validate import validate
-from tests.conftest import ORDERS, SPR, csv_text, make_config
+from tests.conftest import ORDERS, SPR, csv_text, make_config, run_bytes
 
 SCHOOL_CODES = frozenset({"0101", "0102", "0201"})
 GRADES = frozenset(DEFAULT_GRADES)
@@ -282,19 +280,7 @@ async def _one_run(config_path: Path, data: bytes, order: str | None, dry_run: b
     try:
         await store.sync_config(config)
         runner = Runner(config, store, StudentPasswords.from_data_dir(config.server.data))
-        source = config_path.parent / "upload.csv"
-        source.write_bytes(data)
-        spooled, size = spool_copy(source, config.server.data, SPR)
-        job = UploadJob(
-            district_id=SPR,
-            spool_path=spooled,
-            size=size,
-            received_at=datetime.now(UTC).replace(microsecond=0),
-            source="students.csv",
-            dry_run=dry_run,
-            order_id=order,
-        )
-        outcome = await runner.run(await runner.submit(job))
+        outcome = await run_bytes(runner, data, order_id=order, dry_run=dry_run)
         result: dict[str, Any] = outcome.result
         assert result["state"] in ("done", "failed")
         assert result["rows"] == (
