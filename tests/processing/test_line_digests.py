@@ -300,3 +300,20 @@ def test_digests_never_change_an_outcome(
             assert await fast.run(data, target) == await plain.run(data, target)
 
     asyncio.run(both())
+
+
+async def test_a_nightly_sized_file_again_takes_the_scan_at_the_default_threshold(
+    tmp_path: Path,
+) -> None:
+    district = District(make_config(tmp_path, licenses=20_000))
+    district.scan_min_bytes = SCAN_MIN_BYTES  # the Runner's default
+    rows = [
+        student(f"S{n:05d}", first="Zoë", last="Núñez-García", class_name="Grade 5 - Room 12")
+        for n in range(16_000)
+    ]
+    data = rows_file(rows)
+    assert len(data) >= SCAN_MIN_BYTES
+    assert (await district.run(data))["result"]["added"] == 16_000
+    again = await district.run(data)
+    assert (again["result"]["unchanged"], again["result"]["rows"]) == (16_000, 16_000)
+    assert district.full_loads == 1
