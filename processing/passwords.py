@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -70,9 +70,16 @@ class StudentPasswords:
 
         return digest
 
-    def encrypt(self, password: str) -> bytes:
-        nonce = os.urandom(_NONCE)
-        return nonce + self._aead.encrypt(nonce, password.encode("utf-8"), None)
+    def encrypt_many(self, passwords: Iterable[str]) -> list[bytes]:
+        """Encrypt a run's new passwords: each with its own random nonce, drawn in one call."""
+        plain = [password.encode("utf-8") for password in passwords]
+        nonces = os.urandom(_NONCE * len(plain))
+        encrypt = self._aead.encrypt
+        blobs = []
+        for start, data in zip(range(0, len(nonces), _NONCE), plain, strict=True):
+            nonce = nonces[start : start + _NONCE]
+            blobs.append(nonce + encrypt(nonce, data, None))
+        return blobs
 
     def decrypt(self, blob: bytes) -> str:
         return self._aead.decrypt(blob[:_NONCE], blob[_NONCE:], None).decode("utf-8")
