@@ -396,6 +396,7 @@ def instrument() -> None:
         "enqueue_run",
         "load_digests",
         "load_district",
+        "load_students",
         "usernames_elsewhere",
         "finish_run",
     ):

@@ -16,9 +16,17 @@ digest is stored for student S restates S, and needs no parsing, validation
 or decision. What else `restates` depends on is in the digest's context: the
 target order, the district's school codes and grades, and RULES_VERSION
 (bump it whenever validation or the §5 rules change, so older digests stop
-matching). Everything else about the file (duplicates, blank lines, lines
-no digest matches) sends the file through the full path, with the matched
-lines as a hint.
+matching).
+
+The scan reads a file as the full path does (`template.read_rows`), except
+that at each record boundary the line is hashed first and, when its digest
+is known, taken as that record unparsed: so records are cut in exactly the
+same places. The other records (the misses) are parsed. When no hit's
+student appears on another row, the misses are decided alone, against just
+the students and usernames they name (runner, `Store.load_students`): a
+nightly delta loads 3% of a district, not all of it. Anything else (a
+student on two rows, more than MISS_LIMIT misses, the district changed
+since the scan) takes the full path, with the hits as a hint.
 
 The digest is keyed BLAKE2b under a key derived from the secret key, since a
 line holds the student's password: without the key, a digest cannot be
@@ -28,10 +36,12 @@ checked against guessed passwords.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from typing import TextIO
 
 from attrs import frozen
 
-from processing.template import TEXT_LIMIT
+from processing.model import RawRow
+from processing.template import read_rows
 
 RULES_VERSION = "1"
 
@@ -45,52 +55,70 @@ def digest_context(target: str, school_codes: Iterable[str], grades: Iterable[st
     )
 
 
+MISS_LIMIT = 50_000
+"""A scan keeps at most this many rows that match no digest (about 30 MB); a file with
+more (a first load, or every line after a config change) goes through the full path."""
+
+
 @frozen
 class Scan:
-    """What hashing every line of a file found, before any parsing.
+    """What a file's digest scan found.
 
-    `hits` maps a physical line number to the student whose stored digest
-    that line has. `unmatched` counts the lines that are neither a hit nor
-    plainly blank.
+    `hits` maps the line of each record that restates its student to that
+    student's id; `misses` are all the other records, parsed, in file order.
+    `complete` is False when the scan stopped at MISS_LIMIT misses.
     """
 
-    rows: int
     hits: dict[int, str]
-    unmatched: int
+    misses: list[RawRow]
+    complete: bool
+
+    @property
+    def rows(self) -> int:
+        return len(self.hits) + len(self.misses)
 
     @property
     def all_unchanged(self) -> bool:
         """Every row restates its student and no student appears twice."""
-        return not self.unmatched and len(set(self.hits.values())) == len(self.hits)
+        return self.complete and not self.misses and self._hit_ids_unique()
+
+    @property
+    def misses_alone(self) -> bool:
+        """The misses can be decided by themselves: no hit's student is on another row.
+
+        Then every hit is unchanged whatever the misses do (only a row of the
+        same student could change it), and a Student ID repeated among the
+        misses is found among them.
+        """
+        if not self.complete or not self._hit_ids_unique():
+            return False
+        hit_ids = set(self.hits.values())
+        return hit_ids.isdisjoint(
+            raw.fields[1].strip() for raw in self.misses if len(raw.fields) > 1
+        )
+
+    def _hit_ids_unique(self) -> bool:
+        return len(set(self.hits.values())) == len(self.hits)
 
 
-_NO_COMMAS = str.maketrans("", "", ",")
+def scan_file(text: TextIO, known: Mapping[bytes, str], digest: LineDigest) -> Scan:
+    """Read the file's records, taking each line whose digest is known as a hit, unparsed.
 
-
-def scan_lines(
-    first_line: int, lines: Iterable[str], known: Mapping[bytes, str], digest: LineDigest
-) -> Scan:
-    """Hash each line after the header (line `first_line` + 1 onwards) and look it up.
-
-    A line without quotes whose cells are all blank is a row the reader skips
-    (Excel's ",,,,,,,,"); anything else that matches no digest is unmatched.
-    A line longer than TEXT_LIMIT never has a digest stored (`RawRow.text` is
-    None for it), so it is unmatched, unhashed. Lines inside a multi-line
-    quoted record are looked at one by one here; only the full path knows
-    record boundaries, so such a file is unmatched and goes there.
+    Raises FileRejected for the header as `template.read_rows` does. Stops
+    (incomplete) after MISS_LIMIT misses.
     """
     hits: dict[int, str] = {}
-    unmatched = 0
-    number = first_line
-    for line in lines:
-        number += 1
-        if len(line) > TEXT_LIMIT:  # no digest is stored for such a line
-            unmatched += 1
-            continue
-        text = line.rstrip("\r\n")
-        student_id = known.get(digest(text))
-        if student_id is not None:
-            hits[number] = student_id
-        elif '"' in text or text.translate(_NO_COMMAS).strip():
-            unmatched += 1
-    return Scan(rows=len(hits) + unmatched, hits=hits, unmatched=unmatched)
+
+    def hit(number: int, line: str) -> bool:
+        student_id = known.get(digest(line))
+        if student_id is None:
+            return False
+        hits[number] = student_id
+        return True
+
+    misses: list[RawRow] = []
+    for raw in read_rows(text, known=hit):
+        misses.append(raw)
+        if len(misses) > MISS_LIMIT:
+            return Scan(hits, [], complete=False)
+    return Scan(hits, misses, complete=True)

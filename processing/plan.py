@@ -146,8 +146,13 @@ class Plan:
     def unchanged(cls, target: str, active_before: int, rows: int) -> Plan:
         """A file every row of which restates its student (the digest scan proved it)."""
         plan = cls(target=target, active_before=active_before)
-        plan.counts.rows = plan.counts.unchanged = rows
+        plan.add_unchanged(rows)
         return plan
+
+    def add_unchanged(self, rows: int) -> None:
+        """Count rows that restate their students, decided without build_plan (the scan's hits)."""
+        self.counts.rows += rows
+        self.counts.unchanged += rows
 
 
 @frozen

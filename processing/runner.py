@@ -15,7 +15,7 @@ import gc
 import logging
 import os
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from functools import partial
 from operator import itemgetter
 from pathlib import Path
@@ -25,9 +25,9 @@ from attrs import Factory, frozen
 
 from processing.config import Config, District
 from processing.decode import open_text
-from processing.digests import LineDigest, Scan, digest_context, scan_lines
+from processing.digests import LineDigest, Scan, digest_context, scan_file
 from processing.jobs import UploadJob, adoptable_job, spool_files
-from processing.model import FileProblem, FileRejected
+from processing.model import FileProblem, FileRejected, RawRow
 from processing.notify import run_emails
 from processing.passwords import StudentPasswords
 from processing.plan import (
@@ -42,7 +42,7 @@ from processing.plan import (
 )
 from processing.reports import write_results
 from processing.store import Conflict, OrderWrite, RunRecord, Store, iso, utc_now
-from processing.template import read_lines, read_rows
+from processing.template import read_rows
 
 log = logging.getLogger("eams.runner")
 
@@ -188,24 +188,48 @@ class Runner:
         digest: LineDigest,
         scanned: Scanned | None,
     ) -> tuple[str, Plan, DistrictState]:
-        """The full path: load the district, decide every row; returns the state decided on."""
-        with gc_paused():
-            state = await self.store.load_district(district.id)
-        if target not in state.orders:
-            raise LookupError(f"district {district.id} has no order {target!r}")
+        """Load the state and decide the rows; returns the state decided on.
+
+        After a scan whose misses can be decided alone (a nightly delta), only
+        the students those rows name are loaded and only those rows decided;
+        the hits are unchanged. Otherwise the whole district is loaded and the
+        whole file decided (the full path).
+        """
+        alone = scanned.alone() if scanned is not None else None
+
+        async def load() -> DistrictState | None:
+            """The state to decide on; None if the district changed since the scan."""
+            with gc_paused():
+                state = await (
+                    self.store.load_district(district.id)
+                    if alone is None
+                    else self.store.load_students(district.id, alone.student_ids, alone.usernames)
+                )
+            if target not in state.orders:
+                raise LookupError(f"district {district.id} has no order {target!r}")
+            if scanned is not None and state.version != scanned.version:
+                return None  # the scan's findings hold for the state it was taken on only
+            return state
+
+        state = await load()
+        if state is None:
+            return await self._decide_rows(district, target, path, digest, None)
         limit = self.config.server.max_upload_bytes
-        passes = partial(_decide_pass, path, limit, district, target, self.passwords, digest)
-        # The scan's hits hold for the state it was taken against only.
-        hits = scanned.hits_for(state) if scanned is not None else None
+        hits = scanned.scan.hits if scanned is not None and alone is None else None
+        passes = partial(_decide_pass, path, limit, district, target, self.passwords, digest, alone)
         encoding, plan, first = await asyncio.to_thread(passes, state, {}, frozenset(), hits)
         taken = await self.store.usernames_elsewhere(district.id, first.usernames)
         if first.duplicates or taken:
             # The one-pass plan assumed neither (true of almost every file):
             # decide again from the stored state, knowing both.
-            with gc_paused():
-                state = await self.store.load_district(district.id)
-            hits = scanned.hits_for(state) if scanned is not None else None
+            state = await load()
+            if state is None:
+                return await self._decide_rows(district, target, path, digest, None)
             _, plan, _ = await asyncio.to_thread(passes, state, first.duplicates, taken, hits)
+        if scanned is not None and alone is not None:
+            plan.add_unchanged(len(scanned.scan.hits))
+            encoding = scanned.encoding
+        assert encoding is not None
         return encoding, plan, state
 
     async def _file_failed(
@@ -402,11 +426,10 @@ def gc_paused() -> Iterator[None]:
 def _scan_pass(
     path: Path, limit: int, known: dict[bytes, str], digest: LineDigest
 ) -> tuple[str, Scan]:
-    """Decode the file, check its header and hash its lines (a worker thread)."""
+    """Decode the file and scan its records against the stored digests (a worker thread)."""
     text, encoding = open_text(path, limit)
-    with text:
-        first_line, lines = read_lines(text)
-        return encoding, scan_lines(first_line, lines, known, digest)
+    with text, gc_paused():
+        return encoding, scan_file(text, known, digest)
 
 
 def _decide_pass(
@@ -416,28 +439,79 @@ def _decide_pass(
     target: str,
     passwords: StudentPasswords,
     digest: LineDigest,
+    alone: Alone | None,
     state: DistrictState,
     duplicates: dict[str, list[int]],
     taken: frozenset[str],
     hits: dict[int, str] | None,
-) -> tuple[str, Plan, FirstPass]:
-    """Decode, read and decide the whole file in one streaming pass (a worker thread)."""
+) -> tuple[str | None, Plan, FirstPass]:
+    """Decide the scan's misses alone, or decode and decide the whole file (a worker thread).
+
+    The file is read and decided in one streaming pass. The encoding is None
+    for misses alone (the scan read the file).
+    """
+    decide = partial(
+        _plan_rows,
+        state=state,
+        district=district,
+        target=target,
+        passwords=passwords,
+        digest=digest,
+        duplicates=duplicates,
+        taken=taken,
+        hits=hits,
+    )
+    if alone is not None:
+        with gc_paused():
+            return None, *decide(alone.rows)
     text, encoding = open_text(path, limit)
     with text, gc_paused():
-        tap = Tap(state.owners)
-        plan = build_plan(
-            tap(read_rows(text)),
-            state,
-            target=target,
-            school_codes=district.school_codes,
-            grades=district.grades,
-            duplicates=duplicates,
-            taken_elsewhere=taken,
-            mac=passwords.mac,
-            digest=digest,
-            hits=hits,
+        return encoding, *decide(read_rows(text))
+
+
+def _plan_rows(
+    raw_rows: Iterable[RawRow],
+    *,
+    state: DistrictState,
+    district: District,
+    target: str,
+    passwords: StudentPasswords,
+    digest: LineDigest,
+    duplicates: dict[str, list[int]],
+    taken: frozenset[str],
+    hits: dict[int, str] | None,
+) -> tuple[Plan, FirstPass]:
+    tap = Tap(state.owners)
+    plan = build_plan(
+        tap(raw_rows),
+        state,
+        target=target,
+        school_codes=district.school_codes,
+        grades=district.grades,
+        duplicates=duplicates,
+        taken_elsewhere=taken,
+        mac=passwords.mac,
+        digest=digest,
+        hits=hits,
+    )
+    return plan, tap.result()
+
+
+@frozen
+class Alone:
+    """A scan's misses to decide by themselves, and the students and usernames they name."""
+
+    rows: list[RawRow]
+    student_ids: frozenset[str]
+    usernames: frozenset[str]  # lower-cased
+
+    @classmethod
+    def of(cls, rows: list[RawRow]) -> Alone:
+        return cls(
+            rows,
+            frozenset(raw.fields[1].strip() for raw in rows if len(raw.fields) > 1),
+            frozenset(raw.fields[5].strip().lower() for raw in rows if len(raw.fields) > 5),
         )
-        return encoding, plan, tap.result()
 
 
 @frozen
@@ -449,8 +523,9 @@ class Scanned:
     orders: dict[str, OrderTally]
     version: int
 
-    def hits_for(self, state: DistrictState) -> dict[int, str] | None:
-        return self.scan.hits if state.version == self.version else None
+    def alone(self) -> Alone | None:
+        """The misses, when they can be decided by themselves (Scan.misses_alone)."""
+        return Alone.of(self.scan.misses) if self.scan.misses_alone else None
 
 
 @frozen

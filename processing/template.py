@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import csv
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, TextIO
 
 from processing.model import TEMPLATE_COLUMNS, FileCode, FileRejected, RawRow
@@ -53,7 +53,7 @@ shorter, and a hostile 50 MB line is not copied once more for a digest."""
 _VISIBLE = {c: f"\\x{c:02x}" for c in [*range(0x20), *range(0x7F, 0xA0)]}
 
 
-def read_rows(text: TextIO) -> Iterator[RawRow]:
+def read_rows(text: TextIO, known: KnownLine | None = None) -> Iterator[RawRow]:
     """Check the header now, then return an iterator over the data rows.
 
     The header is checked eagerly (before this returns) so a caller learns of
@@ -62,43 +62,54 @@ def read_rows(text: TextIO) -> Iterator[RawRow]:
     and rows with only empty cells (Excel's ",,,,,,,," rows) and never raises:
     a record the csv module cannot parse ends the iteration as a final RawRow
     with no fields, which validation reports as a column count error.
+
+    With `known`, each physical line where a record starts (up to TEXT_LIMIT
+    characters) is first offered to `known(line number, text without its
+    line break)`; when it returns True, the line is taken as that record and
+    neither parsed nor yielded. That is how the digest scan skips unchanged
+    lines (processing/digests.py): records are found exactly as without it,
+    since csv parses every record that is not skipped, from the same place.
     """
     lines = _Lines(text)
     reader = csv.reader(lines, strict=False)
     _check_header(reader)
-    return _records(reader, lines)
+    if known is None:
+        return _records(reader, lines)
+    return _records_skipping(reader, lines, known)
 
 
-def read_lines(text: TextIO) -> tuple[int, Iterator[str]]:
-    """Check the header now; return its last line number and the physical lines after it.
-
-    The lines keep their line breaks (CR, LF or CRLF, as the csv module sees
-    them). This is the digest scan's view of a file (processing/digests.py):
-    no CSV parsing at all, so an unchanged 500,000-row file costs one hash
-    per line. The header check is the same as read_rows'.
-    """
-    reader = csv.reader(text, strict=False)
-    _check_header(reader)
-    return reader.line_num, iter(text)
+KnownLine = Callable[[int, str], bool]
 
 
 class _Lines:
-    """The text's physical lines for csv.reader, remembering the last one handed out."""
+    """The text's physical lines for csv.reader, remembering the last one handed out.
 
-    __slots__ = ("_lines", "last")
+    A line read past the reader (by `_records_skipping`) can be handed back
+    with `push`, so the reader parses the record that starts on it.
+    """
+
+    __slots__ = ("_pending", "last", "source")
 
     def __init__(self, text: TextIO) -> None:
-        self._lines = iter(text)
+        self.source = iter(text)
         self.last = ""
+        self._pending: str | None = None
 
     def __iter__(self) -> _Lines:
         return self
 
     def __next__(self) -> str:
-        line = next(self._lines)
+        line = self._pending
+        if line is None:
+            line = next(self.source)
+        else:
+            self._pending = None
         # a hostile 50 MB line is not kept alive a moment longer than the csv module keeps it
         self.last = line if len(line) <= TEXT_LIMIT else ""
         return line
+
+    def push(self, line: str) -> None:
+        self._pending = line
 
     def take_text(self) -> str | None:
         """The last line without its line break (None if it was over TEXT_LIMIT)."""
@@ -220,6 +231,26 @@ def _records(reader: Reader, lines: _Lines) -> Iterator[RawRow]:
         if fields and _has_content(fields):
             text = lines.take_text() if line_num == start else None
             yield RawRow(start, tuple(fields), text)
+
+
+def _records_skipping(reader: Reader, lines: _Lines, known: KnownLine) -> Iterator[RawRow]:
+    """`_records`, offering each record's first line to `known` before parsing it."""
+    number = reader.line_num  # physical lines consumed so far
+    for line in lines.source:
+        number += 1
+        if len(line) <= TEXT_LIMIT and known(number, line.rstrip("\r\n")):
+            continue
+        lines.push(line)  # the reader parses the record that starts here
+        before = reader.line_num
+        try:
+            fields = next(reader)
+        except csv.Error:
+            yield RawRow(number, ())
+            return
+        used = reader.line_num - before
+        start, number = number, number + used - 1
+        if fields and _has_content(fields):
+            yield RawRow(start, tuple(fields), lines.take_text() if used == 1 else None)
 
 
 def _has_content(fields: list[str]) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import io
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -18,12 +19,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from processing import digests
 from processing.config import Config
-from processing.digests import digest_context, scan_lines
+from processing.digests import Scan, digest_context, scan_file
+from processing.model import TEMPLATE_HEADER, FileRejected
 from processing.passwords import StudentPasswords
 from processing.runner import SCAN_MIN_BYTES, Runner
 from processing.store import Store, database_path
-from processing.template import TEXT_LIMIT
+from processing.template import read_rows
 from tests.conftest import ORDERS, SPR, csv_text, make_config, run_bytes, student
 from tests.processing.test_properties import row_lists
 
@@ -37,41 +40,82 @@ BOB = "0101,S2,Bob,Ray,6,bob,pw12,Room 1,D"
 KNOWN = {digest(ANN): "S1", digest(BOB): "S2"}
 
 
-@pytest.mark.parametrize("newline", ["\r\n", "\n", "\r", ""])
+def text_of(lines: Sequence[str], newline: str = "\r\n") -> io.StringIO:
+    """A decoded file as open_text gives it: line breaks untranslated."""
+    return io.StringIO(TEMPLATE_HEADER + newline + newline.join(lines) + newline, newline="")
+
+
+def scan(lines: Sequence[str], newline: str = "\r\n") -> Scan:
+    return scan_file(text_of(lines, newline), KNOWN, digest)
+
+
+@pytest.mark.parametrize("newline", ["\r\n", "\n", "\r"])
 def test_a_file_of_known_lines_is_all_unchanged_whatever_its_line_breaks(newline: str) -> None:
-    scan = scan_lines(1, [BOB + newline, ANN + newline], KNOWN, digest)
-    assert scan.all_unchanged
-    assert (scan.rows, scan.hits) == (2, {2: "S2", 3: "S1"})
+    found = scan([BOB, ANN], newline)
+    assert found.all_unchanged
+    assert (found.rows, found.hits, found.misses) == (2, {2: "S2", 3: "S1"}, [])
 
 
 def test_blank_rows_are_skipped_as_the_reader_skips_them() -> None:
-    lines = ["\r\n", ANN + "\r\n", ",,,,,,,,\r\n", "  , ,\t\r\n", BOB]
-    scan = scan_lines(1, lines, KNOWN, digest)
-    assert scan.all_unchanged
-    assert scan.hits == {3: "S1", 6: "S2"}
+    found = scan(["", ANN, ",,,,,,,,", '"",""', "  , ,\t", BOB])
+    assert found.all_unchanged
+    assert found.hits == {3: "S1", 7: "S2"}
 
 
-@pytest.mark.parametrize(
-    "other",
-    [
-        '"",""',  # blank to the reader too, but only the full path may say so
-        "0101,S1,Ann,Lee,5,ann,,,D",  # a real change
-        ANN + " ",  # trailing space: the same row, but not the same line
-        "x" * (TEXT_LIMIT + 1),
-        "\x00",
-    ],
+def test_other_lines_are_parsed_as_misses_in_file_order() -> None:
+    changed = "0101,S1,Ann,Lee,5,ann,,,D"
+    found = scan([BOB, changed, ANN + " "])
+    assert found.hits == {2: "S2"}
+    assert [(raw.line, raw.fields[8], raw.text) for raw in found.misses] == [
+        (3, "D", changed),
+        (4, "A ", ANN + " "),
+    ]
+    assert not found.all_unchanged
+    assert found.misses_alone  # S1's two rows are both misses: the duplicate is found there
+
+
+def test_misses_are_decided_alone_only_when_no_hit_shares_their_student() -> None:
+    found = scan([ANN, "0101,S3,Cy,Day,5,cy,pw-33,,A"])
+    assert found.misses_alone
+    assert not scan([ANN, ANN]).misses_alone  # a duplicated unchanged line
+    assert not scan([ANN, ANN]).all_unchanged
+
+
+def test_a_known_line_inside_a_quoted_field_is_part_of_that_record() -> None:
+    found = scan(['0101,S3,"a', ANN, 'b",Lee,5,cid,,,A', BOB])
+    assert found.hits == {5: "S2"}
+    assert [(raw.line, raw.fields[2], raw.text) for raw in found.misses] == [
+        (2, f"a\r\n{ANN}\r\nb", None)
+    ]
+
+
+def test_a_scan_with_too_many_misses_stops(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(digests, "MISS_LIMIT", 2)
+    found = scan([ANN, "0101,S3,x,y,5,a3,pw-1,,A", "0101,S4,x,y,5,a4,pw-1,,A", "0101,S5,x"])
+    assert not found.complete
+    assert not found.all_unchanged
+    assert not found.misses_alone
+    assert found.hits == {2: "S1"}  # what it found so far still hints the full path
+
+
+LINES = [ANN, BOB, ",,,,,,,,", '"",""', '0101,S3,"a', 'b",Lee,5,cid,,,A', "x\x00y", ANN + " ", "S"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    lines=st.lists(st.one_of(st.sampled_from(LINES), st.text(max_size=12)), max_size=8),
+    newline=st.sampled_from(["\r\n", "\n", "\r"]),
 )
-def test_any_other_line_sends_the_file_to_the_full_path(other: str) -> None:
-    scan = scan_lines(1, [ANN + "\n", other + "\n", BOB], KNOWN, digest)
-    assert scan.unmatched == 1
-    assert not scan.all_unchanged
-    assert scan.hits == {2: "S1", 4: "S2"}
-
-
-def test_a_known_line_twice_is_not_unchanged_it_is_a_duplicate_student() -> None:
-    scan = scan_lines(1, [ANN + "\n", ANN + "\n"], KNOWN, digest)
-    assert not scan.unmatched
-    assert not scan.all_unchanged
+def test_the_scan_finds_the_records_read_rows_finds(lines: list[str], newline: str) -> None:
+    """Hits and misses together are exactly read_rows' records, cut in the same places."""
+    try:
+        expected = list(read_rows(text_of(lines, newline)))
+    except FileRejected:
+        return  # a random first line can be read as part of the header
+    found = scan(lines, newline)
+    known = {raw.line: KNOWN.get(digest(raw.text)) if raw.text else None for raw in expected}
+    assert found.hits == {line: sid for line, sid in known.items() if sid is not None}
+    assert found.misses == [raw for raw in expected if known[raw.line] is None]
 
 
 def test_the_context_changes_with_the_order_schools_and_grades() -> None:
@@ -99,6 +143,7 @@ class District:
         self.config_path = config_path
         self.wipe_digests = wipe_digests
         self.full_loads = 0
+        self.partial_loads = 0  # Store.load_students: a scan's misses decided alone
         self.scan_min_bytes = 0  # these files are small; the server scans nightly-sized ones
 
     async def run(self, data: bytes, order: str | None = None) -> dict[str, Any]:
@@ -115,6 +160,13 @@ class District:
                 return await load_district(district_id)
 
             store.load_district = counted  # type: ignore[method-assign]
+            load_students = store.load_students
+
+            async def counted_partial(*args: Any) -> Any:
+                self.partial_loads += 1
+                return await load_students(*args)
+
+            store.load_students = counted_partial  # type: ignore[method-assign]
             runner = Runner(config, store, StudentPasswords.from_data_dir(config.server.data))
             runner.scan_min_bytes = self.scan_min_bytes
             outcome = await run_bytes(runner, data, order_id=order)
@@ -161,7 +213,8 @@ async def test_the_same_file_again_is_unchanged_without_loading_the_students(
     with_error = rows_file([student("S1"), student("S2", grade="03"), student("S9", "I")])
     third = await district.run(with_error)
     assert (third["result"]["unchanged"], third["errors"][0][1]) == (2, "STUDENT_NOT_FOUND")
-    assert district.full_loads == 2  # a line without a digest: the full path
+    # a line without a digest, naming no other row's student: decided alone
+    assert (district.full_loads, district.partial_loads) == (1, 1)
 
 
 async def test_a_small_file_is_decided_without_the_scan(tmp_path: Path) -> None:
@@ -172,6 +225,24 @@ async def test_a_small_file_is_decided_without_the_scan(tmp_path: Path) -> None:
     await district.run(data)
     assert (await district.run(data))["result"]["unchanged"] == 1
     assert district.full_loads == 2
+
+
+async def test_a_changed_row_taking_an_unchanged_students_username_is_refused(
+    tmp_path: Path,
+) -> None:
+    """Decided alone, a row still sees the usernames of students it does not name."""
+    district = District(make_config(tmp_path))
+    ann, bob = student("S1", username="Ann.Lee"), student("S2", username="bob")
+    await district.run(rows_file([ann, bob]))
+    again = await district.run(
+        rows_file([ann, student("S3", username="ANN.LEE"), student("S2", username="ann.lee")])
+    )
+    assert district.partial_loads == 1
+    assert [(e[0], e[1]) for e in again["errors"]] == [
+        (3, "USERNAME_TAKEN"),
+        (4, "USERNAME_TAKEN"),
+    ]
+    assert again["result"]["unchanged"] == 1
 
 
 async def test_reordered_lines_and_other_line_breaks_are_still_unchanged(tmp_path: Path) -> None:
