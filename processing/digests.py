@@ -82,23 +82,37 @@ class Scan:
         """Every row restates its student and no student appears twice."""
         return self.complete and not self.misses and self._hit_ids_unique()
 
-    @property
-    def misses_alone(self) -> bool:
-        """The misses can be decided by themselves: no hit's student is on another row.
+    def alone(self) -> Alone | None:
+        """The misses, if they can be decided by themselves: no hit's student is on another row.
 
         Then every hit is unchanged whatever the misses do (only a row of the
         same student could change it), and a Student ID repeated among the
         misses is found among them.
         """
         if not self.complete or not self._hit_ids_unique():
-            return False
-        hit_ids = set(self.hits.values())
-        return hit_ids.isdisjoint(
-            raw.fields[1].strip() for raw in self.misses if len(raw.fields) > 1
-        )
+            return None
+        alone = Alone.of(self.misses)
+        return alone if alone.student_ids.isdisjoint(self.hits.values()) else None
 
     def _hit_ids_unique(self) -> bool:
         return len(set(self.hits.values())) == len(self.hits)
+
+
+@frozen
+class Alone:
+    """A scan's misses to decide by themselves, and the students and usernames they name."""
+
+    rows: list[RawRow]
+    student_ids: frozenset[str]
+    usernames: frozenset[str]  # lower-cased
+
+    @classmethod
+    def of(cls, rows: list[RawRow]) -> Alone:
+        return cls(
+            rows,
+            frozenset(raw.fields[1].strip() for raw in rows if len(raw.fields) > 1),
+            frozenset(raw.fields[5].strip().lower() for raw in rows if len(raw.fields) > 5),
+        )
 
 
 def scan_file(text: TextIO, known: Mapping[bytes, str], digest: LineDigest) -> Scan:

@@ -25,7 +25,7 @@ from attrs import Factory, frozen
 
 from processing.config import Config, District
 from processing.decode import open_text
-from processing.digests import LineDigest, Scan, digest_context, scan_file
+from processing.digests import Alone, LineDigest, Scan, digest_context, scan_file
 from processing.jobs import UploadJob, adoptable_job, spool_files
 from processing.model import FileProblem, FileRejected, RawRow
 from processing.notify import run_emails
@@ -195,7 +195,7 @@ class Runner:
         the hits are unchanged. Otherwise the whole district is loaded and the
         whole file decided (the full path).
         """
-        alone = scanned.alone() if scanned is not None else None
+        alone = scanned.scan.alone() if scanned is not None else None
 
         async def load() -> DistrictState | None:
             """The state to decide on; None if the district changed since the scan."""
@@ -498,23 +498,6 @@ def _plan_rows(
 
 
 @frozen
-class Alone:
-    """A scan's misses to decide by themselves, and the students and usernames they name."""
-
-    rows: list[RawRow]
-    student_ids: frozenset[str]
-    usernames: frozenset[str]  # lower-cased
-
-    @classmethod
-    def of(cls, rows: list[RawRow]) -> Alone:
-        return cls(
-            rows,
-            frozenset(raw.fields[1].strip() for raw in rows if len(raw.fields) > 1),
-            frozenset(raw.fields[5].strip().lower() for raw in rows if len(raw.fields) > 5),
-        )
-
-
-@frozen
 class Scanned:
     """A digest scan's findings with the district version and orders they were taken on."""
 
@@ -522,10 +505,6 @@ class Scanned:
     scan: Scan
     orders: dict[str, OrderTally]
     version: int
-
-    def alone(self) -> Alone | None:
-        """The misses, when they can be decided by themselves (Scan.misses_alone)."""
-        return Alone.of(self.scan.misses) if self.scan.misses_alone else None
 
 
 @frozen

@@ -71,13 +71,13 @@ def test_other_lines_are_parsed_as_misses_in_file_order() -> None:
         (4, "A ", ANN + " "),
     ]
     assert not found.all_unchanged
-    assert found.misses_alone  # S1's two rows are both misses: the duplicate is found there
+    assert found.alone() is not None  # S1's two rows are both misses: the duplicate is found there
 
 
 def test_misses_are_decided_alone_only_when_no_hit_shares_their_student() -> None:
     found = scan([ANN, "0101,S3,Cy,Day,5,cy,pw-33,,A"])
-    assert found.misses_alone
-    assert not scan([ANN, ANN]).misses_alone  # a duplicated unchanged line
+    assert found.alone() is not None
+    assert scan([ANN, ANN]).alone() is None  # a duplicated unchanged line
     assert not scan([ANN, ANN]).all_unchanged
 
 
@@ -94,7 +94,7 @@ def test_a_scan_with_too_many_misses_stops(monkeypatch: pytest.MonkeyPatch) -> N
     found = scan([ANN, "0101,S3,x,y,5,a3,pw-1,,A", "0101,S4,x,y,5,a4,pw-1,,A", "0101,S5,x"])
     assert not found.complete
     assert not found.all_unchanged
-    assert not found.misses_alone
+    assert found.alone() is None
     assert found.hits == {2: "S1"}  # what it found so far still hints the full path
 
 
