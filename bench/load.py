@@ -182,6 +182,16 @@ class Stats:
         text = exc if isinstance(exc, str) else f"{type(exc).__name__}: {exc}"
         self.errors[f"{where}: {str(text)[:160]}"] += 1
 
+    def run_result(self, where: str, result: dict[str, Any]) -> None:
+        """Count a run's result.json: done (with or without row errors), or an error."""
+        if result.get("state") == "done":
+            self.runs_done += 1
+            if result.get("errors"):
+                self.runs_with_row_errors += 1
+                self.row_errors += int(result["errors"])
+        else:
+            self.error(where, f"{result.get('state')} {result.get('file_error')}")
+
 
 async def op(awaitable, timeout: float = OP_TIMEOUT):  # type: ignore[no-untyped-def]
     return await asyncio.wait_for(awaitable, timeout)
@@ -373,15 +383,7 @@ async def session_loop(
             name, result, seen = found
             stats.c2r.append(seen - closed)
             mine.append(name.removesuffix(".result.json"))
-            if result.get("state") == "done":
-                stats.runs_done += 1
-                if result.get("errors"):
-                    stats.runs_with_row_errors += 1
-                    stats.row_errors += int(result["errors"])
-            else:
-                stats.error(
-                    f"{where} run state", f"{result.get('state')} {result.get('file_error')}"
-                )
+            stats.run_result(f"{where} run state", result)
             if rounds % 3 == 0 and len(mine) > 1:
                 names = set(await client.listdir())
                 for run_id in mine[:-1]:
@@ -474,13 +476,7 @@ async def small_loop(
             big_closed = marks.get("big_closed")
             if big_closed is not None and closed >= big_closed:
                 stats.c2r_during.append(seen - closed)
-            if result.get("state") == "done":
-                stats.runs_done += 1
-                if result.get("errors"):
-                    stats.runs_with_row_errors += 1
-                    stats.row_errors += int(result["errors"])
-            else:
-                stats.error("small run state", f"{result.get('state')} {result.get('file_error')}")
+            stats.run_result("small run state", result)
         except (OSError, asyncssh.Error, TimeoutError) as exc:
             stats.error("small", exc)
             lost = client.conn is None or client.conn.is_closed()
