@@ -16,12 +16,15 @@ import sqlite3
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import settings
 
 from processing.model import TEMPLATE_COLUMNS
+
+if TYPE_CHECKING:
+    import asyncssh
 
 # CI explores the same examples every run (a red CI must mean a change broke
 # something); a developer's run explores new ones. HYPOTHESIS_PROFILE=dev to compare.
@@ -262,6 +265,34 @@ async def wait_for(predicate: Any, timeout: float = 10.0, message: str = "") -> 
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {message or predicate}")
         await asyncio.sleep(0.01)
+
+
+async def put_bytes(sftp: asyncssh.SFTPClient, path: str, data: bytes) -> None:
+    """OPEN (write, create, truncate), WRITE, CLOSE: a plain upload."""
+    async with sftp.open(path, "wb") as handle:
+        await handle.write(data)
+
+
+async def refused(call: Any, exc_type: type[Exception] | None = None) -> str:
+    """Await `call`, which must fail with an SFTP status (or `exc_type`); return its message."""
+    import asyncssh
+
+    with pytest.raises(exc_type or asyncssh.SFTPError) as info:
+        await call
+    return str(info.value.reason)  # type: ignore[attr-defined]
+
+
+async def finished_runs(handle: ServerHandle, count: int, district_id: str = SPR) -> list[Any]:
+    """Wait until the district has `count` finished runs; return them, oldest first."""
+    import asyncio
+
+    async def done() -> bool:
+        runs = await handle.app.store.list_runs(district_id)
+        return len(runs) == count and all(r.state not in ("queued", "approved") for r in runs)
+
+    await wait_for(done, message=f"{count} finished run(s) of {district_id}")
+    await asyncio.wait_for(handle.app.queue.wait_idle(), 10)
+    return sorted(await handle.app.store.list_runs(district_id), key=lambda r: r.seq)
 
 
 @pytest.fixture(scope="session")

@@ -45,32 +45,11 @@ from tests.conftest import (
     assert_invariant,
     csv_text,
     eams,
+    finished_runs,
+    put_bytes,
+    refused,
     wait_for,
 )
-
-
-async def refused(call: Any, exc_type: type[asyncssh.SFTPError] = asyncssh.SFTPError) -> str:
-    """Await `call`, which must fail with an SFTP status; return the status message."""
-    with pytest.raises(exc_type) as info:
-        await call
-    return str(info.value.reason)
-
-
-async def put_bytes(sftp: asyncssh.SFTPClient, path: str, data: bytes) -> None:
-    async with sftp.open(path, "wb") as handle:
-        await handle.write(data)
-
-
-async def finished_runs(handle: ServerHandle, count: int, district_id: str = SPR) -> list[Any]:
-    """Wait until the district has `count` finished runs; return them, oldest first."""
-
-    async def done() -> bool:
-        runs = await handle.app.store.list_runs(district_id)
-        return len(runs) == count and all(r.state not in ("queued", "approved") for r in runs)
-
-    await wait_for(done, message=f"{count} finished run(s) of {district_id}")
-    await asyncio.wait_for(handle.app.queue.wait_idle(), 10)
-    return sorted(await handle.app.store.list_runs(district_id), key=lambda r: r.seq)
 
 
 def roster(*rows: list[str] | str) -> bytes:

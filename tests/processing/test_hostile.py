@@ -21,7 +21,6 @@ Read top to bottom:
 
 from __future__ import annotations
 
-import asyncio
 import codecs
 import contextlib
 import hashlib
@@ -49,7 +48,16 @@ from processing.rules import Student
 from processing.runner import Runner
 from processing.store import Store
 from processing.template import read_rows
-from tests.conftest import SHE, SPR, ServerHandle, assert_invariant, csv_text, make_config, wait_for
+from tests.conftest import (
+    SHE,
+    SPR,
+    ServerHandle,
+    assert_invariant,
+    csv_text,
+    finished_runs,
+    make_config,
+    put_bytes,
+)
 
 MB = 1024 * 1024
 HEADER = (TEMPLATE_HEADER + "\r\n").encode("ascii")
@@ -320,28 +328,12 @@ async def test_a_50_mb_monster_stays_within_10x_its_size(
 # ---- 4 and 5: over SFTP ---------------------------------------------------------------------
 
 
-async def put_bytes(sftp: asyncssh.SFTPClient, path: str, data: bytes) -> None:
-    async with sftp.open(path, "wb") as handle:
-        await handle.write(data)
-
-
 def student_row(n: int) -> list[str]:
     return ["0101", f"S{n:05d}", "Ann", f"Lee{n}", "3", f"user{n:05d}", "pw-1234", "", "A"]
 
 
 def roster(count: int) -> bytes:
     return csv_text([student_row(n) for n in range(1, count + 1)]).encode("utf-8")
-
-
-async def finished_runs(handle: ServerHandle, count: int, district_id: str = SPR) -> list[Any]:
-    async def done() -> bool:
-        runs = await handle.app.store.list_runs(district_id)
-        return len(runs) == count and all(r.state not in ("queued", "approved") for r in runs)
-
-    await wait_for(done, message=f"{count} finished run(s)")
-    await asyncio.wait_for(handle.app.queue.wait_idle(), 10)
-    runs: list[Any] = await handle.app.store.list_runs(district_id)
-    return runs
 
 
 async def test_an_upload_over_max_upload_mb_is_refused_while_it_is_written(

@@ -38,6 +38,8 @@ from tests.conftest import (
     assert_invariant,
     csv_text,
     eams_json,
+    put_bytes,
+    refused,
     server_config,
     wait_for,
 )
@@ -59,12 +61,6 @@ def student(n: int, *, status: str = "A", first: str = "Ann", school: str = "010
 def roster(count: int, *, start: int = 1, status: str = "A", first: str = "Ann") -> bytes:
     rows = [student(n, status=status, first=first) for n in range(start, start + count)]
     return csv_text(rows).encode("utf-8")
-
-
-async def put_bytes(sftp: asyncssh.SFTPClient, path: str, data: bytes) -> None:
-    """OPEN (write, create, truncate), WRITE, CLOSE: a plain upload."""
-    async with sftp.open(path, "wb") as handle:
-        await handle.write(data)
 
 
 async def runs_of(handle: ServerHandle, district_id: str = SPR) -> list[RunRecord]:
@@ -104,13 +100,6 @@ def outbox_count(handle: ServerHandle) -> int:
     with contextlib.closing(sqlite3.connect(handle.app.store.path)) as db:
         count: int = db.execute("SELECT count(*) FROM outbox").fetchone()[0]
     return count
-
-
-async def refused(call: Any, exc_type: type[asyncssh.SFTPError] = asyncssh.SFTPError) -> str:
-    """Await `call`, which must fail with an SFTP status; return the status message."""
-    with pytest.raises(exc_type) as info:
-        await call
-    return str(info.value.reason)
 
 
 async def run_tool(*argv: str, stdin: bytes | None = None) -> tuple[int, str, str]:
