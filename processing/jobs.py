@@ -10,6 +10,7 @@ before a crash is adopted as a queued run at the next start.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import time
@@ -29,6 +30,26 @@ class UploadJob:
     source: str  # "students.csv", "check/students.csv" or "eams process"
     dry_run: bool = False
     order_id: str | None = None  # eams process --order (SPEC §5.5)
+
+
+CLI_SOURCE = "eams process "  # + the file's own name
+
+
+def uploaded_name(source: str) -> str:
+    """The name a district (or operator) gave the file: `students.csv` for an upload,
+    to `/` or to `check/`; the file's own name for `eams process FILE`."""
+    return source.removeprefix(CLI_SOURCE).rsplit("/", 1)[-1]
+
+
+def file_facts(path: Path, source: str) -> dict[str, object]:
+    """result.json's `file` (SPEC §6.2): the name, size and SHA-256 of the spooled
+    bytes the run processed, so a district's script can compare them with what it
+    sent. Read from the spool copy, never from students.csv again (which a newer
+    upload may have replaced meanwhile)."""
+    with open(path, "rb") as handle:
+        digest = hashlib.file_digest(handle, "sha256")
+        size = handle.tell()
+    return {"name": uploaded_name(source), "bytes": size, "sha256": digest.hexdigest()}
 
 
 def spool_dir(data: Path, district_id: str) -> Path:

@@ -56,7 +56,7 @@ def render_result_txt(result: dict[str, Any], district_name: str) -> str:
         f"MY Access eAMS processing result for {district_name}",
         "",
         f"Run:          {result['run_id']}",
-        f"File:         {result.get('source', 'students.csv')}",
+        _file_line(result.get("file")),
         f"Received:     {result['received_at']}",
         f"Finished:     {result['finished_at']}",
         f"Encoding:     {result['encoding'] or 'unknown'}",
@@ -102,6 +102,13 @@ def render_result_txt(result: dict[str, Any], district_name: str) -> str:
     if result["errors"] or state == "failed":
         lines += ["", f"Details of every rejected row: results/{result['run_id']}.errors.csv"]
     return "\n".join(lines) + "\n"
+
+
+def _file_line(file: dict[str, Any] | None) -> str:
+    """The processed bytes, as result.json's `file` names them (SPEC §6.2)."""
+    if not file:  # a run recorded before result.json had `file`
+        return "File:         students.csv"
+    return f"File:         {file['name']}, {file['bytes']} bytes, SHA-256 {file['sha256']}"
 
 
 def atomic_write(path: Path, text: str) -> None:

@@ -26,7 +26,7 @@ from attrs import Factory, frozen
 from processing.config import Config, District
 from processing.decode import open_text
 from processing.digests import Alone, LineDigest, Scan, digest_context, scan_file
-from processing.jobs import UploadJob, adoptable_job, spool_files
+from processing.jobs import UploadJob, adoptable_job, file_facts, spool_files
 from processing.model import FileProblem, FileRejected, RawRow
 from processing.notify import run_emails
 from processing.passwords import StudentPasswords
@@ -41,7 +41,15 @@ from processing.plan import (
     build_plan,
 )
 from processing.reports import write_results
-from processing.store import Conflict, OrderWrite, RunRecord, Store, iso, utc_now
+from processing.store import (
+    Conflict,
+    OrderWrite,
+    RunRecord,
+    Store,
+    format_run_id,
+    iso,
+    utc_now,
+)
 from processing.template import read_rows
 
 log = logging.getLogger("eams.runner")
@@ -91,7 +99,7 @@ class Runner:
         """`eams process --dry-run`: decide everything, write and record nothing."""
         record = RunRecord(
             district_id=job.district_id,
-            run_id=f"{job.received_at:%Y%m%d-%H%M%S}-0",
+            run_id=format_run_id(job.received_at, 0),
             seq=0,
             state="queued",
             dry_run=True,
@@ -110,6 +118,7 @@ class Runner:
         digest = self.passwords.line_digest(
             digest_context(target, district.school_codes, district.grades)
         )
+        facts = await asyncio.to_thread(file_facts, path, record.source)
         try:
             scanned = await self._scan(district, target, path, digest)
             if scanned is not None and scanned.scan.all_unchanged:
@@ -123,7 +132,9 @@ class Runner:
                 orders, version = state.orders, state.version
         except FileRejected as rejected:
             licenses = (await self.store.load_orders(district.id))[target]
-            return await self._file_failed(record, district, licenses, rejected.problem, commit)
+            return await self._file_failed(
+                record, district, licenses, rejected.problem, facts, commit
+            )
         # A dry run is held too: it reports what the real upload would do (SPEC §6.2).
         held_reason = None if record.state == "approved" else guard_reason(plan, district)
         run_state = "held" if held_reason else "done"
@@ -133,6 +144,7 @@ class Runner:
             encoding=encoding,
             counts=plan.counts,
             licenses=orders[target],
+            file=facts,
             held_reason=held_reason,
         )
         if commit:
@@ -238,6 +250,7 @@ class Runner:
         district: District,
         licenses: OrderTally,
         problem: FileProblem,
+        facts: dict[str, object],
         commit: bool,
     ) -> RunOutcome:
         result = build_result(
@@ -246,6 +259,7 @@ class Runner:
             encoding=None,
             counts=Counts(),
             licenses=licenses,
+            file=facts,
             file_error={"code": str(problem.code), "message": problem.message},
         )
         errors = [PlannedError(None, str(problem.code), problem.message, ())]
@@ -372,6 +386,7 @@ def build_result(
     encoding: str | None,
     counts: Counts,
     licenses: Any,
+    file: dict[str, object],
     file_error: dict[str, str] | None = None,
     held_reason: str | None = None,
 ) -> dict[str, Any]:
@@ -392,6 +407,7 @@ def build_result(
             "available": licenses.available,
         },
         "dry_run": record.dry_run,
+        "file": file,
     }
     if held_reason:
         result["held_reason"] = held_reason

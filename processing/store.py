@@ -200,6 +200,11 @@ def utc_now() -> datetime:
     return datetime.now(UTC).replace(microsecond=0)
 
 
+def format_run_id(received_at: datetime, seq: int) -> str:
+    """SPEC §6.1: `YYYYMMDD-HHMMSS-N`, the UTC time the upload completed and its number."""
+    return f"{received_at.astimezone(UTC):%Y%m%d-%H%M%S}-{seq}"
+
+
 def iso(moment: datetime) -> str:
     return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
@@ -461,7 +466,7 @@ class Store:
             if not rows:
                 raise LookupError(f"unknown district {district_id!r}")
             seq = rows[0][0]
-            run_id = f"{received_at.astimezone(UTC):%Y%m%d-%H%M%S}-{seq}"
+            run_id = format_run_id(received_at, seq)
             await self.db.execute(
                 "INSERT INTO runs (district_id, run_id, seq, state, dry_run, order_id, source, "
                 "spool_path, received_at) VALUES (?, ?, ?, 'queued', ?, ?, ?, ?, ?)",

@@ -23,7 +23,7 @@ from typing import Any
 from attrs import frozen
 
 from processing.config import Config, ConfigError
-from processing.jobs import UploadJob, spool_copy
+from processing.jobs import CLI_SOURCE, UploadJob, spool_copy
 from processing.passwords import KEY_FILE, StudentPasswords
 from processing.reports import render_result_txt
 from processing.runner import Runner, RunOutcome
@@ -34,6 +34,7 @@ from processing.store import (
     RunRecord,
     Store,
     database_path,
+    iso,
     utc_now,
 )
 from server.accounts import hash_password
@@ -165,7 +166,7 @@ async def cmd_process(args: argparse.Namespace) -> int:
             spool_path=spooled,
             size=size,
             received_at=received,
-            source=f"eams process {source.name}",
+            source=CLI_SOURCE + source.name,
             dry_run=args.dry_run,
             order_id=args.order,
         )
@@ -223,7 +224,7 @@ def run_summary(record: RunRecord) -> dict[str, Any]:
         "run_id": record.run_id,
         "district": record.district_id,
         "state": record.state,
-        "received_at": record.received_at.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "received_at": iso(record.received_at),
         "finished_at": None,
         "dry_run": record.dry_run,
     }

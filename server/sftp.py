@@ -37,7 +37,6 @@ from server.uploads import (
     TempUpload,
     UploadRefused,
     Uploads,
-    too_large_message,
 )
 
 log = logging.getLogger("eams.sftp")
@@ -105,11 +104,18 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         if refusal:
             raise _denied(refusal)
         real = Path(os.fsdecode(self.map_path(path)))
-        if jail.classify(virtual) is PathKind.UPLOAD:
-            return self.uploads.open_direct(
-                self.district_id, virtual, real, truncate=bool(pflags & asyncssh.FXF_TRUNC)
-            )
-        return self.uploads.open_temp(self.district_id, real, _mode(pflags, real))
+        try:
+            if jail.classify(virtual) is PathKind.UPLOAD:
+                return self.uploads.open_direct(
+                    self.district_id,
+                    virtual,
+                    real,
+                    truncate=bool(pflags & asyncssh.FXF_TRUNC),
+                    append=bool(pflags & asyncssh.FXF_APPEND),
+                )
+            return self.uploads.open_temp(self.district_id, real, _mode(pflags, real))
+        except UploadRefused as exc:
+            raise asyncssh.SFTPFailure(str(exc)) from None
 
     def write(self, file_obj: object, offset: int, data: bytes) -> int:
         self.last_activity = time.monotonic()
@@ -123,8 +129,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
     def read(self, file_obj: object, offset: int, size: int) -> bytes:
         self.last_activity = time.monotonic()
         if isinstance(file_obj, StagedUpload | TempUpload):
-            file_obj.file.seek(offset)
-            return file_obj.file.read(size)
+            return os.pread(file_obj.file.fileno(), size, offset)
         return super().read(file_obj, offset, size)  # type: ignore[return-value]
 
     def close(self, file_obj: object) -> Awaitable[None] | None:
@@ -157,7 +162,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
         if isinstance(file_obj, StagedUpload | TempUpload):
-            if isinstance(file_obj, TempUpload) and attrs.size is not None:
+            if attrs.size is not None:
                 try:
                     self.uploads.truncate(file_obj, attrs.size)
                 except UploadRefused as exc:
@@ -175,16 +180,22 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     def setstat(self, path: bytes, attrs: SFTPAttrs) -> None:
         """Times on students.csv and temp uploads apply; permissions and owners are
-        accepted and ignored (WinSCP shows an error dialog if this fails)."""
+        accepted and ignored (WinSCP shows an error dialog if this fails). A size
+        applies to the upload in progress, as FSETSTAT's does."""
         virtual = self.virtual(path)
         kind = jail.classify(virtual)
         if kind not in (PathKind.UPLOAD, PathKind.TEMP_UPLOAD):
             raise _denied(jail.write_refusal(virtual) or "this file is read-only")
         real = self.map_path(path)
-        if kind is PathKind.TEMP_UPLOAD and attrs.size is not None:
-            if attrs.size > self.uploads.max_bytes:  # the same limit as for writes
-                raise asyncssh.SFTPFailure(too_large_message(self.uploads.max_bytes))
-            os.truncate(real, attrs.size)
+        if attrs.size is not None:
+            target = Path(os.fsdecode(real))
+            try:
+                if kind is PathKind.UPLOAD:
+                    self.uploads.truncate_path(self.district_id, target, attrs.size)
+                else:
+                    self.uploads.truncate_temp_path(target, attrs.size)
+            except UploadRefused as exc:
+                raise asyncssh.SFTPFailure(str(exc)) from None
         _apply_times(real, attrs)
 
     def lsetstat(self, path: bytes, attrs: SFTPAttrs) -> None:
@@ -260,6 +271,10 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
 
 def _mode(pflags: int, real: Path) -> str:
+    """The open mode for a temporary upload. APPEND (a resumed `.part`) writes at the
+    end whatever offset the client sends (O_APPEND: pwrite appends on Linux)."""
+    if pflags & asyncssh.FXF_APPEND:
+        return "a+b"
     if pflags & asyncssh.FXF_TRUNC or not real.exists():
         return "w+b"
     return "r+b"

@@ -39,6 +39,7 @@ log = logging.getLogger("eams.uploads")
 
 STAGING_PREFIX = ".eams-staging-"
 TEMP_MAX_AGE = 24 * 3600
+RESUME_REFUSED = "resume is not supported for students.csv: upload the whole file again"
 
 
 class UploadRefused(Exception):
@@ -78,24 +79,48 @@ class Uploads:
         self.max_bytes = max_bytes
         # Write handles open on temporary uploads, by real path (all sessions).
         self._open_temps: dict[Path, list[TempUpload]] = {}
+        # Temporary uploads whose RENAME to students.csv is being completed.
+        self._completing: set[Path] = set()
+        # Direct uploads open, by target: SETSTAT of students.csv with a size applies to them.
+        self._open_direct: dict[Path, list[StagedUpload]] = {}
 
     # ---- opening ---------------------------------------------------------------
 
     def open_direct(
-        self, district_id: str, virtual: str, target: Path, *, truncate: bool
+        self, district_id: str, virtual: str, target: Path, *, truncate: bool, append: bool
     ) -> StagedUpload:
-        """Open a hidden staging file beside `target`; `students.csv` is untouched."""
+        """Open a hidden staging file beside `target`; `students.csv` is untouched.
+
+        Without TRUNC the staging file starts as a copy of the current file, as a
+        real file would (OpenSSH `scp` 9 opens WRITE|CREAT, writes, then sets the
+        size with FSETSTAT). APPEND is a resume (`reput`): refused, because a cut
+        upload never replaced the old file and appending to it would mix two
+        extracts (SPEC §3.1).
+        """
+        if append:
+            raise UploadRefused(RESUME_REFUSED)
         staging = target.with_name(f"{STAGING_PREFIX}{uuid.uuid4().hex}")
         fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
-        handle = os.fdopen(fd, "r+b")
-        if not truncate and target.exists():  # a resumed or patched write: start from it
+        # Unbuffered: every SFTP WRITE is one pwrite, so nothing is left in a buffer
+        # to be flushed into the file later (after it was spooled).
+        handle = cast(BinaryIO, os.fdopen(fd, "r+b", buffering=0))
+        if not truncate and target.exists():  # a patched write: start from the old bytes
             with open(target, "rb") as current:
                 while chunk := current.read(1024 * 1024):
                     handle.write(chunk)
-        return StagedUpload(district_id, virtual, target, staging, handle)
+        upload = StagedUpload(district_id, virtual, target, staging, handle)
+        self._open_direct.setdefault(target, []).append(upload)
+        return upload
 
     def open_temp(self, district_id: str, path: Path, mode: str) -> TempUpload:
-        file = cast(BinaryIO, open(path, mode))  # noqa: SIM115 (closed by close_temp)
+        """A write handle on a client's temporary upload name.
+
+        Refused while a RENAME of that file to students.csv is being completed:
+        a handle opened then would reach the inode that becomes students.csv.
+        """
+        if path in self._completing:
+            raise UploadRefused(f"{path.name} is being renamed to students.csv: upload it again")
+        file = cast(BinaryIO, open(path, mode, buffering=0))  # noqa: SIM115 (close_temp)
         upload = TempUpload(district_id, path, file)
         self._open_temps.setdefault(path, []).append(upload)
         return upload
@@ -131,8 +156,8 @@ class Uploads:
             log.warning("upload by %s refused: over %d bytes", upload.district_id, self.max_bytes)
             raise UploadRefused(upload.refused)
         try:
-            upload.file.seek(offset)
-            return upload.file.write(data)
+            _pwrite_all(upload.file.fileno(), data, offset)
+            return len(data)
         except OSError as exc:
             # A full disk (or a quota): the partial file is useless, and left in place it
             # would keep the disk full for every district and could still be completed by
@@ -150,13 +175,39 @@ class Uploads:
         path = upload.staging if isinstance(upload, StagedUpload) else upload.path
         path.unlink(missing_ok=True)
 
-    def truncate(self, upload: TempUpload, size: int) -> None:
-        """FSETSTAT with a size on a temporary upload (within the same limits as writes)."""
+    def truncate(self, upload: StagedUpload | TempUpload, size: int) -> None:
+        """FSETSTAT (or SETSTAT) with a size: cut or extend the upload, as a real file.
+
+        Within the same limit as writes; on a staged students.csv too, since
+        `scp` sets the size of the file it wrote that way."""
         if upload.refused:
             raise UploadRefused(upload.refused)
         if size > self.max_bytes:
             raise UploadRefused(too_large_message(self.max_bytes))
         upload.file.truncate(size)
+
+    def truncate_path(self, district_id: str, target: Path, size: int) -> None:
+        """SETSTAT with a size on students.csv: applies to the district's uploads of it
+        in progress. With none open, the file is the acknowledged last upload (and
+        its bytes may be a run waiting in the spool): only its current size is
+        accepted, so a client that restates the size it just wrote still succeeds."""
+        staged = [u for u in self._open_direct.get(target, []) if u.district_id == district_id]
+        if not staged:
+            if target.exists() and target.stat().st_size == size:
+                return
+            raise UploadRefused(
+                "students.csv can only be changed by uploading it: its size cannot be set"
+            )
+        for upload in staged:
+            self.truncate(upload, size)
+
+    def truncate_temp_path(self, path: Path, size: int) -> None:
+        """SETSTAT with a size on a temporary upload's name."""
+        if path in self._completing:
+            raise UploadRefused(f"{path.name} is being renamed to students.csv")
+        if size > self.max_bytes:
+            raise UploadRefused(too_large_message(self.max_bytes))
+        os.truncate(path, size)
 
     # ---- completing ---------------------------------------------------------------
 
@@ -167,8 +218,12 @@ class Uploads:
         refusal too: for a direct upload the CLOSE status is what says "stored", and a
         client that pipelines its writes may only look at that one.
         """
+        handles = self._open_direct.get(upload.target, [])
+        handles[:] = [h for h in handles if h is not upload]
+        if not handles:
+            self._open_direct.pop(upload.target, None)
         if not explicit or upload.refused:
-            with contextlib.suppress(OSError):  # buffered bytes of a discarded upload
+            with contextlib.suppress(OSError):
                 upload.file.close()
             upload.staging.unlink(missing_ok=True)
             if not explicit:
@@ -182,7 +237,7 @@ class Uploads:
                 raise UploadRefused(f"{upload.refused}; nothing was stored")
             return None
         try:
-            await asyncio.to_thread(upload.file.close)  # flush (spool_copy fsyncs)
+            upload.file.close()  # unbuffered: nothing to flush (spool_copy fsyncs)
             return await self.complete(
                 upload.district_id, upload.virtual, upload.staging, upload.target
             )
@@ -199,17 +254,27 @@ class Uploads:
         """RENAME of a temporary upload to students.csv: move it into place, complete it.
 
         Write handles still open on the temporary file (a client that renames
-        before CLOSE, or a dead session of an upload WinSCP resumed elsewhere)
-        are refused from now on: their writes would land in the file that was
-        just spooled and acknowledged. An OSError (no such file) goes to the
-        client as is.
+        before CLOSE, a dead session of an upload WinSCP resumed elsewhere, or
+        an attacker's second session) are refused from now on, and no new one
+        can be opened while the rename completes: the file's inode becomes the
+        spooled, acknowledged upload. Handles are unbuffered, so a refused one
+        has nothing left to flush into it either. An OSError (no such file)
+        goes to the client as is.
         """
+        if temp in self._completing:
+            raise UploadRefused(f"{temp.name} is already being renamed to students.csv")
         if os.stat(temp).st_size > self.max_bytes:
             temp.unlink(missing_ok=True)
             raise UploadRefused(too_large_message(self.max_bytes))
-        for handle in self._open_temps.pop(temp, []):
-            handle.refused = f"{temp.name} was already renamed to {target.name}: upload it again"
-        return await self.complete(district_id, virtual, temp, target)
+        self._completing.add(temp)
+        try:
+            for handle in self._open_temps.pop(temp, []):
+                handle.refused = (
+                    f"{temp.name} was already renamed to {target.name}: upload it again"
+                )
+            return await self.complete(district_id, virtual, temp, target)
+        finally:
+            self._completing.discard(temp)
 
     async def complete(
         self, district_id: str, virtual: str, finished: Path, target: Path
@@ -285,6 +350,14 @@ def _entries(folder: Path) -> list[Path]:
         return [p for p in folder.iterdir() if p.is_file() and not p.is_symlink()]
     except FileNotFoundError:
         return []
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """pwrite until every byte is written (a raw write may be short)."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 def _replace(finished: Path, target: Path) -> None:
