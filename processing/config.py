@@ -94,6 +94,13 @@ class ServerSettings:
     login_attempts: int = 5
     ban_minutes: float = 15
     results_retention_days: int = 90
+    log_format: str = "text"  # or "json" (SPEC §9)
+    # SPEC §3.2: what one address or one district can hold at once.
+    max_unauthenticated: int = 64
+    max_unauthenticated_per_address: int = 10
+    max_sessions_per_district: int = 8
+    max_handles_per_session: int = 32
+    temp_files_per_district: int = 10
 
     @property
     def max_upload_bytes(self) -> int:
@@ -160,7 +167,23 @@ _SERVER_KEYS = {
     "login_attempts": int,
     "ban_minutes": (int, float),
     "results_retention_days": int,
+    "log_format": str,
+    "max_unauthenticated": int,
+    "max_unauthenticated_per_address": int,
+    "max_sessions_per_district": int,
+    "max_handles_per_session": int,
+    "temp_files_per_district": int,
 }
+_LIMIT_KEYS = (
+    "max_upload_mb",
+    "login_attempts",
+    "max_unauthenticated",
+    "max_unauthenticated_per_address",
+    "max_sessions_per_district",
+    "max_handles_per_session",
+    "temp_files_per_district",
+)
+LOG_FORMATS = ("text", "json")
 _SMTP_KEYS = {
     "host": str,
     "port": int,
@@ -228,6 +251,9 @@ class _Parser:
         if "smtp" in raw:
             smtp = self.parse_smtp(self.table(raw, "smtp", "smtp"))
         operators = self.table(raw, "operators", "operators")
+        if "sender" in operators:
+            # Accepted once and never used: the From address is [smtp] sender.
+            self.problem("operators.sender", "not a setting: set the From address as [smtp] sender")
         self.unknown_keys(operators, {"notify", "sender"}, "operators")
         notify = self.address_list(operators, "notify", "operators")
         districts = self.parse_districts(self.table(raw, "districts", "districts"))
@@ -255,9 +281,11 @@ class _Parser:
         for key in ("port", "ftp_refusal_port"):
             if key in values and not 0 <= values[key] <= 65535:
                 self.problem(f"server.{key}", "must be between 0 and 65535")
-        for key in ("max_upload_mb", "login_attempts"):
+        for key in _LIMIT_KEYS:
             if key in values and values[key] < 1:
                 self.problem(f"server.{key}", "must be >= 1")
+        if "log_format" in values and values["log_format"] not in LOG_FORMATS:
+            self.problem("server.log_format", 'must be "text" or "json"')
         for key in ("ban_minutes", "results_retention_days"):
             if key in values and values[key] < 0:
                 self.problem(f"server.{key}", "must be >= 0")

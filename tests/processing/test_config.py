@@ -130,3 +130,34 @@ def test_check_config_warns_when_licenses_fall_below_use(tmp_path: Path) -> None
     code, out, err = eams("check-config", config=config)
     assert code == 0 and "OK" in out
     assert "order ENT-SPR-2026 has 2 licenses but 4 are in use" in err
+
+
+def test_the_limits_of_spec_3_2_are_settings_with_defaults(tmp_path: Path) -> None:
+    config = Config.from_toml(make_config(tmp_path))
+    server = config.server
+    assert (
+        server.max_unauthenticated,
+        server.max_unauthenticated_per_address,
+        server.max_sessions_per_district,
+        server.max_handles_per_session,
+        server.temp_files_per_district,
+        server.log_format,
+    ) == (64, 10, 8, 32, 10, "text")
+
+
+def test_limits_below_one_and_an_unknown_log_format_are_refused(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        "[server]\nmax_sessions_per_district = 0\ntemp_files_per_district = -1\n"
+        'log_format = "xml"\n' + DISTRICT,
+    )
+    assert "server.max_sessions_per_district: must be >= 1" in problems
+    assert "server.temp_files_per_district: must be >= 1" in problems
+    assert 'server.log_format: must be "text" or "json"' in problems
+
+
+def test_an_operators_sender_is_refused_with_where_the_sender_is_set(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path, '[server]\n[operators]\nsender = "eams@example.org"\n' + DISTRICT
+    )
+    assert problems == ["operators.sender: not a setting: set the From address as [smtp] sender"]
