@@ -154,6 +154,9 @@ class EamsServer:
             log.info("host key %s", line)
         self.store = await Store.open(database_path(settings.data))
         self.intake = await Store.open(database_path(settings.data))
+        # The sender's own connection: marking an email sent after the mail server's
+        # 250 must not queue behind a run's reads and writes on the runs' connection.
+        self.outbox = await Store.open(database_path(settings.data))
         for warning in await self.store.sync_config(self.config):
             log.warning("%s", warning)
         passwords = await asyncio.to_thread(StudentPasswords.from_data_dir, settings.data)
@@ -162,7 +165,7 @@ class EamsServer:
         self.queue = ProcessingQueue(self.runner, self.intake, execute=self.executor)
         self.uploads = Uploads(self.queue, settings.data, settings.max_upload_bytes)
         self.sender = Sender(
-            self.store,
+            self.outbox,
             lambda: self.config.smtp,
             lambda: self.config.sender,
             settings.data / "outbox",
@@ -255,7 +258,8 @@ class EamsServer:
         self.stopped.set()
 
     async def _close_stores(self) -> None:
-        for store in (getattr(self, "store", None), getattr(self, "intake", None)):
+        for name in ("store", "intake", "outbox"):
+            store = getattr(self, name, None)
             if store is not None:
                 await store.close()
 
