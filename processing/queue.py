@@ -15,7 +15,9 @@ Runs left queued by a crash or a stop are picked up by `resume()`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
@@ -27,6 +29,8 @@ from processing.store import RunRecord, Store
 log = logging.getLogger("eams.queue")
 
 INTAKE_WAIT = 0.5  # seconds a CLOSE waits for its run record before it is answered anyway
+RECORD_RETRY_FIRST = 0.5  # a run record that could not be written is tried again after this
+RECORD_RETRY_MAX = 30.0  # ... doubling up to this
 
 
 def nightly_due(at: tuple[int, int], received: datetime) -> datetime:
@@ -59,6 +63,7 @@ class ProcessingQueue:
         self._stopping = False
         self._intake_locks: dict[str, asyncio.Lock] = {}
         self._intakes: set[asyncio.Task[RunRecord]] = set()  # records being written
+        self._closing_event = asyncio.Event()  # stop(): record retries give up
         self._queued: set[tuple[str, str]] = set()  # (district, run id) not yet finished
         self._active: set[str] = set()  # queue keys with a run in progress
         self._quiet = asyncio.Event()
@@ -77,19 +82,54 @@ class ProcessingQueue:
         client's CLOSE is not held up; a crash meanwhile is covered by
         `Runner.settle_spool` adopting the file at the next start. A district's
         records are written one at a time, in arrival order.
+
+        Never raises for a database error: the upload is spooled, so it is
+        acknowledged exactly once (a client told "failed" would send it again
+        and make two runs), and its record is retried in the background
+        until it is written, exactly once (a failed INSERT rolled back).
         """
         lock = self._intake_locks.setdefault(job.district_id, asyncio.Lock())
         task = asyncio.create_task(self._record(job, lock))
         self._intakes.add(task)
         task.add_done_callback(self._recorded)
         done, _ = await asyncio.wait({task}, timeout=wait)
-        return task.result() if done else None
+        if done and task.exception() is None:
+            return task.result()
+        return None
 
     async def _record(self, job: UploadJob, lock: asyncio.Lock) -> RunRecord:
+        """Write the run record, retrying database errors with back-off, holding the
+        district's lock so that its later uploads cannot overtake this one. Gives up
+        only when the server stops: the spool file is adopted at the next start."""
+        delay = RECORD_RETRY_FIRST
         async with lock:
-            record = await self.intake.enqueue_run(job)
+            while True:
+                try:
+                    record = await self.intake.enqueue_run(job)
+                    break
+                except sqlite3.Error as exc:
+                    if self._closing:
+                        raise
+                    log.error(
+                        "the run of an upload by %s could not be recorded (%s); "
+                        "trying again in %.1f s (the upload is safe in the spool)",
+                        job.district_id,
+                        exc,
+                        delay,
+                    )
+                    await self._closed_or(delay)
+                    delay = min(delay * 2, RECORD_RETRY_MAX)
         self._put(record)  # no await between: queue order is record order
         return record
+
+    async def _closed_or(self, seconds: float) -> None:
+        """Sleep `seconds`, or less if the server begins to stop."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._closing_event.wait(), seconds)
+
+    @property
+    def _closing(self) -> bool:
+        return self._closing_event.is_set()
 
     def _recorded(self, task: asyncio.Task[RunRecord]) -> None:
         self._intakes.discard(task)
@@ -193,6 +233,7 @@ class ProcessingQueue:
 
     async def stop(self) -> None:
         """Let runs in progress finish; runs not yet started stay queued in the database."""
+        self._closing_event.set()  # a record still failing is left to the spool adoption
         if self._intakes:  # acknowledged uploads: their records first
             await asyncio.gather(*self._intakes, return_exceptions=True)
         self._stopping = True

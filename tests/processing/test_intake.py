@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import sqlite3
 import time
@@ -16,7 +17,7 @@ from processing.jobs import UploadJob, spool_copy, spool_files
 from processing.passwords import StudentPasswords
 from processing.queue import ProcessingQueue
 from processing.runner import Runner
-from processing.store import Store, database_path, utc_now
+from processing.store import RunRecord, Store, database_path, utc_now
 from tests.conftest import SPR, assert_invariant, eams, make_config, student, write_csv
 
 
@@ -125,3 +126,36 @@ async def test_adopted_check_uploads_stay_dry_runs(tmp_path: Path, tag: str) -> 
         assert record.source == ("check/students.csv" if tag == "check" else "students.csv")
         assert record.result is not None
         assert record.result["added"] == 1 and record.result["dry_run"] is (tag == "check")
+
+
+class FlakyStore(Store):
+    """Fails its first `failures` run records as a full disk or a broken database does."""
+
+    failures = 0
+
+    async def enqueue_run(self, job: UploadJob) -> RunRecord:
+        if self.failures > 0:
+            self.failures -= 1
+            raise sqlite3.OperationalError("disk I/O error")
+        return await super().enqueue_run(job)
+
+
+async def test_a_record_that_fails_is_acknowledged_once_and_recorded_once(tmp_path: Path) -> None:
+    """Issue 9: the error used to reach the client's CLOSE although the file was spooled,
+    so the client's retry made two runs, and the failed record waited for a restart."""
+    async with environment(tmp_path) as env:
+        flaky = await FlakyStore.open(database_path(env.config.server.data))
+        flaky.failures = 2
+        queue = ProcessingQueue(env.runner, flaky)
+        try:
+            job = spooled_upload(env, tmp_path, "a.csv", student("S1"), student("S2"))
+            assert await queue.submit(job) is None  # answered, without an error
+            await asyncio.wait_for(queue.wait_idle(), 20)
+        finally:
+            await queue.stop()
+            await flaky.close()
+        assert flaky.failures == 0
+        (record,) = await env.store.list_runs()
+        assert record.state == "done" and record.result is not None
+        assert record.result["added"] == 2
+    assert_invariant(env.config_path)
