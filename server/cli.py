@@ -420,6 +420,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAIL
     except KeyboardInterrupt:
         return EXIT_FAIL
+    except BrokenPipeError:
+        # The reader went away (`eams runs | head -1`): stop quietly, as a Unix tool
+        # does. Python flushes stdout again at exit, so point it at /dev/null first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAIL
 
 
 async def _as_coroutine(coro: Coroutine[Any, Any, int]) -> int:
