@@ -3,9 +3,12 @@
 Emails are rows in the database, queued in the same transaction as the run
 they report. This task picks due rows, delivers them with aiosmtplib
 (STARTTLS and login when configured) and records the outcome:
-- accepted by the server: `sent` (exactly once: the row is marked in the
-  same step; a crash in the milliseconds between the server's 250 and that
-  write is the only window for a duplicate);
+- accepted by the server: `sent`. The 250 is first appended to a small
+  delivery ledger (`<outbox>/delivered.jsonl`, fsync'd, about a millisecond),
+  then the outbox row is updated, which can wait seconds while a big run
+  commits; the next start applies the ledger before sending anything, so a
+  crash in between sends nothing twice. The only window for a duplicate is
+  between the 250 and the ledger's fsync;
 - unreachable server, a 4xx answer, or 4xx for some recipients: retried with
   exponential back-off (30 s doubling, capped at 10 minutes), only for the
   recipients still owed;
@@ -20,9 +23,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import sqlite3
+import time
 from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from email.utils import parseaddr
@@ -39,6 +44,55 @@ FIRST_RETRY = 30.0
 MAX_RETRY = 600.0
 POLL_SECONDS = 10.0  # emails queued by `eams process` in another process show up this fast
 SMTP_TIMEOUT = 60.0
+
+
+LEDGER_NAME = "delivered.jsonl"
+
+
+class DeliveryLedger:
+    """What the mail server accepted, durable the moment it answered.
+
+    One JSON line per settled delivery: the outbox row's id and the state it
+    must get (`sent`, `failed`, or `pending` with the recipients still owed).
+    At most one line is outstanding (the sender settles one email at a time),
+    and the file is emptied once the outbox row says the same.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def write(self, entry: dict[str, object]) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            os.write(fd, (json.dumps(entry) + "\n").encode("utf-8"))
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+    def entries(self) -> list[dict[str, object]]:
+        """The outstanding lines; a line cut by a crash is skipped (that delivery's 250
+        was not recorded, so the email goes out again: the window that remains)."""
+        try:
+            lines = self.path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return []
+        found = []
+        for line in lines:
+            with contextlib.suppress(ValueError):
+                entry = json.loads(line)
+                if isinstance(entry, dict) and isinstance(entry.get("id"), int):
+                    found.append(entry)
+        return found
+
+    def clear(self) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            fd = os.open(self.path, os.O_WRONLY)
+            try:
+                os.ftruncate(fd, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 def backoff(attempts: int, first: float = FIRST_RETRY, cap: float = MAX_RETRY) -> float:
@@ -69,6 +123,7 @@ class Sender:
         self.poll = poll
         self._wake = asyncio.Event()
         self._stopping = False
+        self.ledger = DeliveryLedger(outbox_dir / LEDGER_NAME)
 
     def wake(self) -> None:
         """New email queued in this process: look now instead of at the next poll."""
@@ -84,7 +139,9 @@ class Sender:
         self._wake.set()
 
     async def run(self) -> None:
-        """Deliver until `stop()`; pending emails are tried at once on start."""
+        """Deliver until `stop()`; pending emails are tried at once on start, after the
+        deliveries a crash left only in the ledger are recorded."""
+        await self.apply_ledger()
         await self.store.retry_pending_now(self.clock())
         while not self._stopping:
             self._wake.clear()  # before looking: a wake() during send_due is not lost
@@ -101,6 +158,26 @@ class Sender:
                 delay = self.poll
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=max(delay, 0.05))
+
+    async def apply_ledger(self) -> int:
+        """Record in the outbox what the ledger says the mail server accepted."""
+        entries = await asyncio.to_thread(self.ledger.entries)
+        for entry in entries:
+            recipients = entry.get("recipients")
+            await self.store.mark_email(
+                OutboxItem(int(str(entry["id"])), None, "", (), b"", 0),
+                state=str(entry["state"]),
+                now=self.clock(),
+                error=str(entry["error"]) if entry.get("error") else None,
+                retry_at=self.clock() if entry["state"] == "pending" else None,
+                recipients=[str(r) for r in recipients] if isinstance(recipients, list) else None,
+            )
+            log.warning(
+                "email %s: delivered before the last stop, recorded now (not sent again)",
+                entry["id"],
+            )
+        await asyncio.to_thread(self.ledger.clear)
+        return len(entries)
 
     async def send_due(self) -> int:
         """Attempt every email that is due now; return how many were attempted."""
@@ -159,27 +236,49 @@ class Sender:
         except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
             await self._retry(item, f"mail server unreachable: {exc}", item.recipients)
             return
-        await self._settle(item, refused)
+        answered = time.monotonic()
+        await self._settle(item, refused, answered)
 
-    async def _settle(self, item: OutboxItem, refused: Mapping[str, object]) -> None:
-        """Delivered to the accepted recipients; retry 4xx ones, give up 5xx ones."""
+    async def _settle(
+        self, item: OutboxItem, refused: Mapping[str, object], answered: float
+    ) -> None:
+        """Delivered to the accepted recipients; retry 4xx ones, give up 5xx ones.
+
+        The ledger line comes first: from its fsync on, a crash cannot make this
+        email go out again. The log line says how long each step took after the
+        mail server's answer (the duplicate window, and the outbox update)."""
         later = tuple(r for r, response in refused.items() if 400 <= _code(response) < 500)
         dropped = [f"{r} ({_code(resp)})" for r, resp in refused.items() if r not in later]
-        for entry in dropped:
-            log.error("email %d (%s): recipient refused for good: %s", item.id, item.kind, entry)
-        if later:
-            await self._retry(item, "temporarily refused: " + ", ".join(later), later)
-            return
+        for refusal in dropped:
+            log.error("email %d (%s): recipient refused for good: %s", item.id, item.kind, refusal)
         error = ("refused: " + ", ".join(dropped)) if dropped else None
         state = "failed" if len(dropped) == len(item.recipients) else "sent"
-        await self.store.mark_email(item, state=state, now=self.clock(), error=error)
+        if later:
+            state, error = "pending", "temporarily refused: " + ", ".join(later)
+        entry: dict[str, object] = {
+            "id": item.id,
+            "state": state,
+            "error": error,
+            "recipients": list(later) or None,
+        }
+        await asyncio.to_thread(self.ledger.write, entry)
+        durable = time.monotonic()
+        if later:
+            await self._retry(item, error or "", later)
+        else:
+            await self.store.mark_email(item, state=state, now=self.clock(), error=error)
+        await asyncio.to_thread(self.ledger.clear)
+        recorded = time.monotonic()
         log.info(
-            "email %d (%s) %s",
+            "email %d (%s) %s; delivery durable %.1f ms after the mail server's answer, "
+            "outbox updated after %.1f ms",
             item.id,
             item.kind,
             "sent to " + ", ".join(r for r in item.recipients if r not in refused)
-            if state == "sent"
+            if state != "failed"
             else "refused for every recipient",
+            (durable - answered) * 1000,
+            (recorded - answered) * 1000,
         )
 
     async def _retry(self, item: OutboxItem, reason: str, recipients: tuple[str, ...]) -> None:
