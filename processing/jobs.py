@@ -18,18 +18,9 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from attrs import frozen
+from processing.model import UploadJob
 
-
-@frozen
-class UploadJob:
-    district_id: str
-    spool_path: Path
-    size: int
-    received_at: datetime  # UTC, when the upload completed
-    source: str  # "students.csv", "check/students.csv" or "eams process"
-    dry_run: bool = False
-    order_id: str | None = None  # eams process --order (SPEC §5.5)
+__all__ = ["UploadJob"]  # its old home: still importable from here
 
 
 CLI_SOURCE = "eams process "  # + the file's own name

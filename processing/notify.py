@@ -16,8 +16,7 @@ from email.utils import format_datetime, make_msgid, parseaddr
 from typing import Any
 
 from processing.config import Config, District
-from processing.plan import PlannedError
-from processing.store import QueuedEmail, utc_now
+from processing.model import PlannedError, QueuedEmail, utc_now
 
 INLINE_ERRORS = 10
 

@@ -16,60 +16,20 @@ from attrs import define, field, frozen
 
 from processing.config import normalize_grade
 from processing.digests import LineDigest
-from processing.model import PASSWORD_COLUMN, TEMPLATE_COLUMNS, RawRow, Row, RowCode, RowError
-from processing.rules import Outcome, Student, decide
+from processing.model import (
+    PASSWORD_COLUMN,
+    TEMPLATE_COLUMNS,
+    Counts,
+    DistrictState,
+    PlannedError,
+    RawRow,
+    Row,
+    RowCode,
+    RowError,
+    Student,
+)
+from processing.rules import Outcome, decide
 from processing.validate import validate
-
-
-@define
-class OrderTally:
-    """One order's license count while a run is being decided (mutable on purpose)."""
-
-    id: str
-    kind: str  # "enterprise", "regular" or "past"
-    licenses: int
-    used: int
-
-    @property
-    def available(self) -> int:
-        return max(0, self.licenses - self.used)
-
-
-@define
-class DistrictState:
-    """A district's students and orders as loaded by the store; mutated by `build_plan`."""
-
-    district_id: str
-    version: int
-    students: dict[str, Student]
-    orders: dict[str, OrderTally]
-    owners: dict[str, str] = field(factory=dict)  # username.lower() -> student_id
-
-    def __attrs_post_init__(self) -> None:
-        if not self.owners:
-            self.owners = {s.username.lower(): s.student_id for s in self.students.values()}
-
-    @property
-    def active_count(self) -> int:
-        return sum(tally.used for tally in self.orders.values())
-
-    @property
-    def enterprise_order(self) -> str:
-        for tally in self.orders.values():
-            if tally.kind == "enterprise":
-                return tally.id
-        raise LookupError(f"district {self.district_id} has no enterprise order")
-
-
-@frozen
-class PlannedError:
-    """One problem of one rejected row, with the row's values (Password masked)."""
-
-    line: int | None
-    code: str
-    message: str
-    values: tuple[str, ...]
-
 
 ECHO_LIMIT = 256  # characters of a rejected row's value kept for errors.csv
 
@@ -102,30 +62,6 @@ def mask(fields: tuple[str, ...]) -> tuple[str, ...]:
         v if i < 2 and "\n" not in v and "\r" not in v else ("***" if v.strip() else "")
         for i, v in enumerate(trimmed)
     )
-
-
-@define
-class Counts:
-    rows: int = 0
-    added: int = 0
-    updated: int = 0
-    unchanged: int = 0
-    activated: int = 0
-    deactivated: int = 0
-    transferred: int = 0
-    errors: int = 0
-
-    def as_dict(self) -> dict[str, int]:
-        return {
-            "rows": self.rows,
-            "added": self.added,
-            "updated": self.updated,
-            "unchanged": self.unchanged,
-            "activated": self.activated,
-            "deactivated": self.deactivated,
-            "transferred": self.transferred,
-            "errors": self.errors,
-        }
 
 
 @define
@@ -379,4 +315,4 @@ def _reject(plan: Plan, raw: RawRow, problems: list[RowError]) -> None:
     plan.counts.errors += 1
     values = echoed(raw.fields)
     for problem in problems:
-        plan.errors.append(PlannedError(raw.line, str(problem.code), problem.message, values))
+        plan.errors.append(PlannedError(raw.line, problem.code, problem.message, values))

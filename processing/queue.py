@@ -22,9 +22,9 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from processing.config import District
-from processing.jobs import UploadJob
+from processing.model import RunRecord, UploadJob
 from processing.runner import Runner, RunOutcome
-from processing.store import RunRecord, Store
+from processing.store import Store
 
 log = logging.getLogger("eams.queue")
 

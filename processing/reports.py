@@ -15,8 +15,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from processing.model import TEMPLATE_COLUMNS
-from processing.plan import PlannedError
+from processing.model import TEMPLATE_COLUMNS, PlannedError
 
 ERRORS_HEADER = ("Line", "Error Code", "Message", *TEMPLATE_COLUMNS)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")

@@ -15,22 +15,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import NamedTuple
 
-from processing.model import Row, RowCode, RowError
-
-
-class Student(NamedTuple):
-    """A student as stored: `active` holds a license on `order_id` when True."""
-
-    student_id: str
-    school_code: str
-    first_name: str
-    last_name: str
-    grade: str
-    username: str
-    class_name: str
-    active: bool
-    order_id: str
-    password_mac: bytes | None
+from processing.model import Row, RowCode, RowError, Student
 
 
 class Outcome(StrEnum):

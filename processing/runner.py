@@ -21,35 +21,32 @@ from operator import itemgetter
 from pathlib import Path
 from typing import Any
 
+import attrs
 from attrs import Factory, frozen
 
 from processing.config import Config, District
 from processing.decode import open_text
 from processing.digests import Alone, LineDigest, Scan, digest_context, scan_file
-from processing.jobs import UploadJob, adoptable_job, file_facts, spool_files
-from processing.model import FileProblem, FileRejected, RawRow
-from processing.notify import run_emails
-from processing.passwords import StudentPasswords
-from processing.plan import (
+from processing.jobs import adoptable_job, file_facts, spool_files
+from processing.model import (
     Counts,
     DistrictState,
-    FirstPass,
+    FileProblem,
+    FileRejected,
     OrderTally,
-    Plan,
     PlannedError,
-    Tap,
-    build_plan,
-)
-from processing.reports import write_results
-from processing.store import (
-    Conflict,
-    OrderWrite,
+    RawRow,
     RunRecord,
-    Store,
+    UploadJob,
     format_run_id,
     iso,
     utc_now,
 )
+from processing.notify import run_emails
+from processing.passwords import StudentPasswords
+from processing.plan import FirstPass, Plan, Tap, build_plan
+from processing.reports import write_results
+from processing.store import Conflict, OrderWrite, Store
 from processing.template import read_rows
 
 log = logging.getLogger("eams.runner")
@@ -262,7 +259,7 @@ class Runner:
             file=facts,
             file_error={"code": str(problem.code), "message": problem.message},
         )
-        errors = [PlannedError(None, str(problem.code), problem.message, ())]
+        errors = [PlannedError(None, problem.code, problem.message, ())]
         if commit:
             await self.store.finish_run(
                 record,
@@ -398,7 +395,7 @@ def build_result(
         "received_at": iso(record.received_at),
         "finished_at": iso(utc_now()),
         "encoding": encoding,
-        **counts.as_dict(),
+        **attrs.asdict(counts),
         "file_error": file_error,
         "licenses": {
             "order": licenses.id,

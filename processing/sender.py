@@ -36,7 +36,8 @@ from pathlib import Path
 import aiosmtplib
 
 from processing.config import SmtpSettings
-from processing.store import OutboxItem, Store, utc_now
+from processing.model import OutboxItem, utc_now
+from processing.store import Store
 
 log = logging.getLogger("eams.sender")
 

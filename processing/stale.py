@@ -14,8 +14,9 @@ import logging
 from datetime import datetime, timedelta
 
 from processing.config import Config
+from processing.model import UploadStatus
 from processing.notify import stale_email
-from processing.store import Store, UploadStatus
+from processing.store import Store
 
 log = logging.getLogger("eams.stale")
 

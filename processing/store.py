@@ -20,7 +20,7 @@ import functools
 import json
 import sqlite3
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
-from datetime import UTC, datetime
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -28,9 +28,32 @@ import aiosqlite
 from attrs import frozen
 
 from processing.config import Config
-from processing.jobs import UploadJob
-from processing.plan import DistrictState, OrderTally, PlannedError
-from processing.rules import Student
+from processing.model import (
+    DistrictState,
+    OrderTally,
+    OutboxItem,
+    PlannedError,
+    QueuedEmail,
+    RunRecord,
+    Student,
+    UploadJob,
+    UploadStatus,
+    error_code,
+    format_run_id,
+    iso,
+    parse_iso,
+    utc_now,
+)
+
+__all__ = [  # the value types' old home: still importable from here
+    "OutboxItem",
+    "QueuedEmail",
+    "RunRecord",
+    "UploadStatus",
+    "format_run_id",
+    "iso",
+    "utc_now",
+]
 
 MIGRATIONS: tuple[str, ...] = (
     # 1: the initial schema
@@ -196,75 +219,19 @@ class RunNotFound(LookupError):
     pass
 
 
-def utc_now() -> datetime:
-    return datetime.now(UTC).replace(microsecond=0)
-
-
-def format_run_id(received_at: datetime, seq: int) -> str:
-    """SPEC §6.1: `YYYYMMDD-HHMMSS-N`, the UTC time the upload completed and its number."""
-    return f"{received_at.astimezone(UTC):%Y%m%d-%H%M%S}-{seq}"
-
-
-def iso(moment: datetime) -> str:
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
-
-
-def parse_iso(text: str) -> datetime:
-    return datetime.strptime(text, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=UTC)
-
-
-@frozen
-class RunRecord:
-    district_id: str
-    run_id: str
-    seq: int
-    state: str
-    dry_run: bool
-    order_id: str | None
-    source: str
-    spool_path: str | None
-    received_at: datetime
-    result: dict[str, Any] | None
-
-    @classmethod
-    def from_db(cls, row: sqlite3.Row) -> RunRecord:
-        return cls(
-            district_id=row["district_id"],
-            run_id=row["run_id"],
-            seq=row["seq"],
-            state=row["state"],
-            dry_run=bool(row["dry_run"]),
-            order_id=row["order_id"],
-            source=row["source"],
-            spool_path=row["spool_path"],
-            received_at=parse_iso(row["received_at"]),
-            result=json.loads(row["result_json"]) if row["result_json"] else None,
-        )
-
-
-@frozen
-class QueuedEmail:
-    kind: str
-    recipients: tuple[str, ...]
-    message: bytes
-
-
-@frozen
-class OutboxItem:
-    id: int
-    district_id: str | None
-    kind: str
-    recipients: tuple[str, ...]
-    message: bytes
-    attempts: int
-
-
-@frozen
-class UploadStatus:
-    district_id: str
-    last_upload_at: datetime | None
-    configured_at: datetime
-    stale_alerted: bool
+def _run_record(row: sqlite3.Row) -> RunRecord:
+    return RunRecord(
+        district_id=row["district_id"],
+        run_id=row["run_id"],
+        seq=row["seq"],
+        state=row["state"],
+        dry_run=bool(row["dry_run"]),
+        order_id=row["order_id"],
+        source=row["source"],
+        spool_path=row["spool_path"],
+        received_at=parse_iso(row["received_at"]),
+        result=json.loads(row["result_json"]) if row["result_json"] else None,
+    )
 
 
 @frozen
@@ -510,7 +477,7 @@ class Store:
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ('queued', 'approved') "
             "ORDER BY district_id, seq"
         )
-        return [RunRecord.from_db(row) for row in rows]
+        return [_run_record(row) for row in rows]
 
     @serialized
     async def find_runs(self, run_id: str, district_id: str | None = None) -> list[RunRecord]:
@@ -522,7 +489,7 @@ class Store:
         if district_id is not None:
             sql += " AND district_id = ?"
             params += (district_id,)
-        return [RunRecord.from_db(row) for row in await self.db.execute_fetchall(sql, params)]
+        return [_run_record(row) for row in await self.db.execute_fetchall(sql, params)]
 
     @serialized
     async def get_run(self, district_id: str, run_id: str) -> RunRecord:
@@ -539,7 +506,7 @@ class Store:
             sql += " WHERE district_id = ?"
             params = (district_id,)
         sql += " ORDER BY received_at DESC, seq DESC, district_id"
-        return [RunRecord.from_db(row) for row in await self.db.execute_fetchall(sql, params)]
+        return [_run_record(row) for row in await self.db.execute_fetchall(sql, params)]
 
     @serialized
     async def runs_without_results(self) -> list[RunRecord]:
@@ -548,7 +515,7 @@ class Store:
             f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ('done', 'failed', 'held') "
             "AND results_written = 0 ORDER BY district_id, seq"
         )
-        return [RunRecord.from_db(row) for row in rows]
+        return [_run_record(row) for row in rows]
 
     @serialized
     async def mark_results_written(self, run: RunRecord) -> None:
@@ -582,7 +549,10 @@ class Store:
             "WHERE district_id = ? AND run_id = ? ORDER BY pos",
             (district_id, run_id),
         )
-        return [PlannedError(row[0], row[1], row[2], tuple(json.loads(row[3]))) for row in rows]
+        return [
+            PlannedError(row[0], error_code(row[1]), row[2], tuple(json.loads(row[3])))
+            for row in rows
+        ]
 
     # ---- district state ---------------------------------------------------
 

@@ -40,11 +40,17 @@ from hypothesis import strategies as st
 from processing.config import DEFAULT_GRADES, Config
 from processing.decode import open_text
 from processing.jobs import UploadJob, spool_copy
-from processing.model import TEMPLATE_COLUMNS, TEMPLATE_HEADER, FileRejected
+from processing.model import (
+    TEMPLATE_COLUMNS,
+    TEMPLATE_HEADER,
+    DistrictState,
+    FileRejected,
+    OrderTally,
+    Student,
+)
 from processing.passwords import StudentPasswords
-from processing.plan import DistrictState, OrderTally, Plan, build_plan, first_pass
+from processing.plan import Plan, build_plan, first_pass
 from processing.reports import render_errors_csv
-from processing.rules import Student
 from processing.runner import Runner
 from processing.store import Store
 from processing.template import read_rows

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from processing.config import DEFAULT_GRADES
-from processing.model import RawRow
+from processing.model import RawRow, Student
 from processing.plan import restates
-from processing.rules import Outcome, Student, decide
+from processing.rules import Outcome, decide
 from processing.validate import validate
 
 SCHOOLS = frozenset({"0101", "0102"})

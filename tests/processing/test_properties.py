@@ -19,10 +19,18 @@ from hypothesis import strategies as st
 
 from processing.config import DEFAULT_GRADES, Config
 from processing.decode import open_text
-from processing.model import TEMPLATE_COLUMNS, FileRejected, RawRow, Row, RowError
+from processing.model import (
+    TEMPLATE_COLUMNS,
+    DistrictState,
+    FileRejected,
+    OrderTally,
+    RawRow,
+    Row,
+    RowError,
+    Student,
+)
 from processing.passwords import StudentPasswords
-from processing.plan import DistrictState, OrderTally, build_plan, first_pass, restates
-from processing.rules import Student
+from processing.plan import build_plan, first_pass, restates
 from processing.runner import Runner
 from processing.store import Store
 from processing.template import read_rows
@@ -219,8 +227,8 @@ def test_build_plan_keeps_the_license_invariant(
     for student_id in found.duplicates:
         assert student_id not in plan.changes
     for student_id, new in plan.changes.items():
-        old = before.get(student_id)
-        if old is None or old.username.lower() != new.username.lower():
+        previous = before.get(student_id)
+        if previous is None or previous.username.lower() != new.username.lower():
             assert new.username.lower() not in taken
     for error in plan.errors:
         if len(error.values) > 6 and error.values[6].strip():

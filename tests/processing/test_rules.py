@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from processing.model import Row, RowCode
-from processing.rules import Outcome, Student, decide
+from processing.model import Row, RowCode, Student
+from processing.rules import Decision, Outcome, decide
 
 E = "ENT-1"
 R = "REG-1"
@@ -49,7 +49,7 @@ def student(*, active: bool, order: str = E, **changes: object) -> Student:
 
 def run(
     current: Student | None, r: Row, *, free: int = 10, taken: bool = False, mac: bytes | None = MAC
-):
+) -> Decision:
     return decide(current, r, mac if r.password is not None else None, E, free, taken)
 
 

@@ -1,4 +1,4 @@
-"""Value types shared across the processing pipeline.
+"""A file's rows: the template, the error codes, rows as read and as validated.
 
 decode/template produce `RawRow`s (or raise `FileRejected`), validate turns a
 `RawRow` into a `Row` or `RowError`s, rules turn (`Student`, `Row`) into a
@@ -53,6 +53,14 @@ class FileCode(StrEnum):
     HEADER_MISMATCH = "HEADER_MISMATCH"
     NOT_TEXT = "NOT_TEXT"
     FILE_TOO_LARGE = "FILE_TOO_LARGE"
+
+
+ErrorCode = RowCode | FileCode
+
+
+def error_code(text: str) -> ErrorCode:
+    """The code a stored error names (row codes and file codes share no name)."""
+    return RowCode(text) if text in RowCode.__members__ else FileCode(text)
 
 
 @frozen
