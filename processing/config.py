@@ -19,28 +19,12 @@ from typing import Any
 
 from attrs import field, frozen
 
+from processing.rules import normalize_grade
+
 DISTRICT_ID = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
 USERNAME = re.compile(r"[A-Za-z0-9._@-]{1,64}\Z")
 NIGHTLY = re.compile(r"nightly@([01][0-9]|2[0-3]):([0-5][0-9])\Z")
 DEFAULT_GRADES = ("K", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12")
-
-
-def normalize_grade(value: str) -> str | None:
-    """`K`/`KG`/`0` -> `K`; `1`..`12` with optional leading zeros -> `1`..`12`; else None.
-
-    Shared by config validation (district `grades`) and row validation so the
-    two can never disagree about what a grade is.
-    """
-    text = value.strip().upper()
-    if text in ("K", "KG"):
-        return "K"
-    if text.isascii() and text.isdigit():
-        number = int(text)
-        if number == 0:
-            return "K"
-        if 1 <= number <= 12:
-            return str(number)
-    return None
 
 
 @frozen

@@ -14,7 +14,6 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from attrs import define, field, frozen
 
-from processing.config import normalize_grade
 from processing.digests import LineDigest
 from processing.model import (
     PASSWORD_COLUMN,
@@ -24,11 +23,10 @@ from processing.model import (
     PlannedError,
     RawRow,
     Row,
-    RowCode,
     RowError,
     Student,
 )
-from processing.rules import Outcome, decide
+from processing.rules import Outcome, decide, duplicate_error, restates
 from processing.validate import validate
 
 ECHO_LIMIT = 256  # characters of a rejected row's value kept for errors.csv
@@ -193,7 +191,7 @@ def build_plan(
         student_id = raw.fields[1].strip() if len(raw.fields) > 1 else ""
         if student_id in duplicates:
             problems = [*checked] if isinstance(checked, list) else []
-            problems.append(_duplicate(student_id, duplicates[student_id]))
+            problems.append(duplicate_error(student_id, duplicates[student_id]))
             checked = problems
         if isinstance(checked, list):
             _reject(plan, raw, checked)
@@ -258,57 +256,6 @@ def build_plan(
         if decision.password_changed and row.password is not None:
             plan.new_passwords[row.student_id] = row.password
     return plan
-
-
-_KEEPS_ACTIVE = frozenset("AI")
-_KEEPS_DEACTIVATED = frozenset("DI")
-
-
-def restates(
-    current: Student,
-    fields: tuple[str, ...],
-    target: str,
-    school_codes: frozenset[str],
-    grades: frozenset[str],
-    mac: Callable[[str], bytes],
-) -> bool:
-    """Fast path for SPEC §5's "unchanged": the row restates the stored student exactly.
-
-    Most rows of a nightly extract change nothing. When every trimmed value
-    equals the stored (already validated) one, the status keeps the student
-    as it is on the target order, and the password is blank or the same,
-    `validate` + `decide` would only conclude UNCHANGED, so skip them. Any
-    other difference takes the full path.
-    """
-    if current.order_id != target:
-        return False
-    keeps = _KEEPS_ACTIVE if current.active else _KEEPS_DEACTIVATED
-    if fields[8].strip().upper() not in keeps:
-        return False
-    grade = fields[4].strip()
-    if grade != current.grade and normalize_grade(grade) != current.grade:
-        return False  # "03" and "KG" restate grades 3 and K (SIS exports often pad them)
-    if (
-        fields[0].strip() != current.school_code
-        or fields[2].strip() != current.first_name
-        or fields[3].strip() != current.last_name
-        or fields[5].strip() != current.username
-        or fields[7].strip() != current.class_name
-        or current.school_code not in school_codes
-        or current.grade not in grades
-    ):
-        return False
-    password = fields[6].strip()
-    return not password or mac(password) == current.password_mac
-
-
-def _duplicate(student_id: str, lines: list[int]) -> RowError:
-    where = ", ".join(str(n) for n in lines[:10]) + (", ..." if len(lines) > 10 else "")
-    return RowError(
-        RowCode.DUPLICATE_STUDENT_ID,
-        f'Student ID "{student_id}" appears on {len(lines)} rows (lines {where}): '
-        "none of them was applied; send each student once",
-    )
 
 
 def _reject(plan: Plan, raw: RawRow, problems: list[RowError]) -> None:

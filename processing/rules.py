@@ -1,4 +1,10 @@
-"""The status rules of SPEC §5: (current student, row) -> decision. Pure, no I/O.
+"""Every rule of SPEC §5 in one place, pure (no I/O): (current student, row) -> decision.
+
+- `decide`: the §5 table, one branch per cell;
+- `restates`: when a row only restates its stored student ("unchanged");
+- `duplicate_error`: a Student ID on several rows (§5.1);
+- `guard_reason`: the deactivation guard (§5.4);
+- `normalize_grade`: what a grade is (§4), for rows and for config alike.
 
 Every cell of the §5 table is one branch of `decide`, so each is a plain unit
 test. License accounting is expressed as the decision's `take_from` /
@@ -12,6 +18,7 @@ regular order) is "a regular order" from the target's point of view.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -162,4 +169,93 @@ def _from_row(row: Row, mac: bytes | None, *, active: bool, order_id: str) -> St
         active=active,
         order_id=order_id,
         password_mac=mac,
+    )
+
+
+def normalize_grade(value: str) -> str | None:
+    """`K`/`KG`/`0` -> `K`; `1`..`12` with optional leading zeros -> `1`..`12`; else None.
+
+    Shared by config validation (district `grades`) and row validation so the
+    two can never disagree about what a grade is.
+    """
+    text = value.strip().upper()
+    if text in ("K", "KG"):
+        return "K"
+    if text.isascii() and text.isdigit():
+        number = int(text)
+        if number == 0:
+            return "K"
+        if 1 <= number <= 12:
+            return str(number)
+    return None
+
+
+_KEEPS_ACTIVE = frozenset("AI")
+_KEEPS_DEACTIVATED = frozenset("DI")
+
+
+def restates(
+    current: Student,
+    fields: tuple[str, ...],
+    target: str,
+    school_codes: frozenset[str],
+    grades: frozenset[str],
+    mac: Callable[[str], bytes],
+) -> bool:
+    """Fast path for SPEC §5's "unchanged": the row restates the stored student exactly.
+
+    Most rows of a nightly extract change nothing. When every trimmed value
+    equals the stored (already validated) one, the status keeps the student
+    as it is on the target order, and the password is blank or the same,
+    `validate` + `decide` would only conclude UNCHANGED, so skip them. Any
+    other difference takes the full path.
+    """
+    if current.order_id != target:
+        return False
+    keeps = _KEEPS_ACTIVE if current.active else _KEEPS_DEACTIVATED
+    if fields[8].strip().upper() not in keeps:
+        return False
+    grade = fields[4].strip()
+    if grade != current.grade and normalize_grade(grade) != current.grade:
+        return False  # "03" and "KG" restate grades 3 and K (SIS exports often pad them)
+    if (
+        fields[0].strip() != current.school_code
+        or fields[2].strip() != current.first_name
+        or fields[3].strip() != current.last_name
+        or fields[5].strip() != current.username
+        or fields[7].strip() != current.class_name
+        or current.school_code not in school_codes
+        or current.grade not in grades
+    ):
+        return False
+    password = fields[6].strip()
+    return not password or mac(password) == current.password_mac
+
+
+def duplicate_error(student_id: str, lines: list[int]) -> RowError:
+    """SPEC §5.1: every row of a repeated Student ID is rejected; no row silently wins."""
+    where = ", ".join(str(n) for n in lines[:10]) + (", ..." if len(lines) > 10 else "")
+    return RowError(
+        RowCode.DUPLICATE_STUDENT_ID,
+        f'Student ID "{student_id}" appears on {len(lines)} rows (lines {where}): '
+        "none of them was applied; send each student once",
+    )
+
+
+GUARD_MINIMUM = 25  # SPEC §5.4: never hold a run that deactivates 25 students or fewer
+
+
+def guard_reason(deactivating: int, active: int, guard: float) -> str | None:
+    """SPEC §5.4, the deactivation guard: why a run must be held, or None.
+
+    `deactivating` is how many active students the run would deactivate,
+    `active` how many the district has before it, `guard` the district's
+    `deactivation_guard` share."""
+    if deactivating <= GUARD_MINIMUM or deactivating <= guard * active:
+        return None
+    share = deactivating / active if active else 1.0
+    return (
+        f"the file would deactivate {deactivating} of the district's {active} active students "
+        f"({share:.0%}), more than the deactivation guard of {guard:.0%}. "
+        "A partial or broken SIS extract looks like this."
     )

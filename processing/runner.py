@@ -46,12 +46,12 @@ from processing.notify import run_emails
 from processing.passwords import StudentPasswords
 from processing.plan import FirstPass, Plan, Tap, build_plan
 from processing.reports import write_results
+from processing.rules import guard_reason
 from processing.store import Conflict, OrderWrite, Store
 from processing.template import read_rows
 
 log = logging.getLogger("eams.runner")
 
-GUARD_MINIMUM = 25  # SPEC §5.4: never hold a run that deactivates 25 students or fewer
 SCAN_MIN_BYTES = 1024 * 1024  # about 13,000 rows: smaller files skip the digest scan
 RETRIES = 3
 
@@ -133,7 +133,13 @@ class Runner:
                 record, district, licenses, rejected.problem, facts, commit
             )
         # A dry run is held too: it reports what the real upload would do (SPEC §6.2).
-        held_reason = None if record.state == "approved" else guard_reason(plan, district)
+        held_reason = (
+            None
+            if record.state == "approved"
+            else guard_reason(
+                plan.counts.deactivated, plan.active_before, district.deactivation_guard
+            )
+        )
         run_state = "held" if held_reason else "done"
         result = build_result(
             record,
@@ -360,20 +366,6 @@ class Runner:
             result["errors"],
             f" ({result['file_error']['code']})" if result["file_error"] else "",
         )
-
-
-def guard_reason(plan: Plan, district: District) -> str | None:
-    """SPEC §5.4: why this run must be held, or None."""
-    deactivating = plan.counts.deactivated
-    active = plan.active_before
-    if deactivating <= GUARD_MINIMUM or deactivating <= district.deactivation_guard * active:
-        return None
-    share = deactivating / active if active else 1.0
-    return (
-        f"the file would deactivate {deactivating} of the district's {active} active students "
-        f"({share:.0%}), more than the deactivation guard of {district.deactivation_guard:.0%}. "
-        "A partial or broken SIS extract looks like this."
-    )
 
 
 def build_result(

@@ -20,7 +20,8 @@ from __future__ import annotations
 import re
 from functools import lru_cache
 
-from processing.config import DEFAULT_GRADES, normalize_grade
+from processing.config import DEFAULT_GRADES
+from processing.rules import normalize_grade
 from processing.model import TEMPLATE_COLUMNS, RawRow, Row, RowCode, RowError
 
 MAX_NAME = 64

@@ -6,8 +6,7 @@ import pytest
 
 from processing.config import DEFAULT_GRADES
 from processing.model import RawRow, Student
-from processing.plan import restates
-from processing.rules import Outcome, decide
+from processing.rules import Outcome, decide, restates
 from processing.validate import validate
 
 SCHOOLS = frozenset({"0101", "0102"})

@@ -30,7 +30,8 @@ from processing.model import (
     Student,
 )
 from processing.passwords import StudentPasswords
-from processing.plan import build_plan, first_pass, restates
+from processing.plan import build_plan, first_pass
+from processing.rules import restates
 from processing.runner import Runner
 from processing.store import Store
 from processing.template import read_rows

@@ -220,3 +220,18 @@ def test_target_order_reads_in_place_of_enterprise() -> None:
     """SPEC §5.5: with --order REG-1, a student on E is 'on another order'."""
     d = decide(student(active=True, order=E), row("A"), MAC, R, 5, False)
     assert d.transferred and d.give_back == E and d.take_from == R
+
+
+# ---- the deactivation guard (SPEC §5.4) -------------------------------------------------
+
+
+def test_the_guard_holds_only_past_both_the_share_and_25_students() -> None:
+    from processing.rules import guard_reason
+
+    assert guard_reason(25, 30, 0.25) is None  # 25 or fewer never hold
+    assert guard_reason(26, 200, 0.25) is None  # 13% of the district
+    assert guard_reason(50, 200, 0.25) is None  # exactly the share
+    reason = guard_reason(51, 200, 0.25)
+    assert reason is not None
+    assert "deactivate 51 of the district's 200 active students (26%)" in reason
+    assert guard_reason(1000, 1000, 1.0) is None  # deactivation_guard = 1 turns it off
