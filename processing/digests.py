@@ -3,12 +3,12 @@
 A nightly extract restates almost every student exactly as the previous one
 did. Proving that row by row (parse the CSV, trim nine values, compare them
 with the stored student) costs more than the baseline of parsing the file and
-inserting it into SQLite (bench/processing.py). So each student keeps the
+inserting it into SQLite (bench/throughput.py). So each student keeps the
 digest of the last line that restated it, and a new file's lines are hashed
 and looked up before anything is parsed.
 
 The rule that makes this exact: a student's stored digest is the digest of a
-line that `plan.restates` accepts against the student's stored state (the
+line that `rules.restates` accepts against the student's stored state (the
 row would be decided UNCHANGED). `plan.build_plan` records a digest only for
 such lines and a run writes it together with the state it restates; any
 change to the student writes the new line's digest or none. So a line whose
@@ -23,7 +23,7 @@ that at each record boundary the line is hashed first and, when its digest
 is known, taken as that record unparsed: so records are cut in exactly the
 same places. The other records (the misses) are parsed. When no hit's
 student appears on another row, the misses are decided alone, against just
-the students and usernames they name (runner, `Store.load_students`): a
+the students and usernames they name (processing/deciding.py, `Store.load_students`): a
 nightly delta loads 3% of a district, not all of it. Anything else (a
 student on two rows, more than MISS_LIMIT misses, the district changed
 since the scan) takes the full path, with the hits as a hint.
@@ -36,11 +36,13 @@ checked against guessed passwords.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
 from typing import TextIO
 
 from attrs import frozen
 
-from processing.model import RawRow
+from processing.decode import open_text
+from processing.model import OrderTally, RawRow
 from processing.template import read_rows
 
 RULES_VERSION = "1"
@@ -82,7 +84,7 @@ class Scan:
         """Every row restates its student and no student appears twice."""
         return self.complete and not self.misses and self._hit_ids_unique()
 
-    def alone(self) -> Alone | None:
+    def rows_to_decide(self) -> RowsToDecide | None:
         """The misses, if they can be decided by themselves: no hit's student is on another row.
 
         Then every hit is unchanged whatever the misses do (only a row of the
@@ -91,15 +93,15 @@ class Scan:
         """
         if not self.complete or not self._hit_ids_unique():
             return None
-        alone = Alone.of(self.misses)
-        return alone if alone.student_ids.isdisjoint(self.hits.values()) else None
+        rows = RowsToDecide.of(self.misses)
+        return rows if rows.student_ids.isdisjoint(self.hits.values()) else None
 
     def _hit_ids_unique(self) -> bool:
         return len(set(self.hits.values())) == len(self.hits)
 
 
 @frozen
-class Alone:
+class RowsToDecide:
     """A scan's misses to decide by themselves, and the students and usernames they name."""
 
     rows: list[RawRow]
@@ -107,7 +109,7 @@ class Alone:
     usernames: frozenset[str]  # lower-cased
 
     @classmethod
-    def of(cls, rows: list[RawRow]) -> Alone:
+    def of(cls, rows: list[RawRow]) -> RowsToDecide:
         return cls(
             rows,
             frozenset(raw.fields[1].strip() for raw in rows if len(raw.fields) > 1),
@@ -136,3 +138,22 @@ def scan_file(text: TextIO, known: Mapping[bytes, str], digest: LineDigest) -> S
         if len(misses) > MISS_LIMIT:
             return Scan(hits, [], complete=False)
     return Scan(hits, misses, complete=True)
+
+
+@frozen
+class ScanResult:
+    """A digest scan's findings with the district version and orders they were taken on."""
+
+    encoding: str
+    scan: Scan
+    orders: dict[str, OrderTally]
+    version: int
+
+
+def scan_pass(
+    path: Path, max_bytes: int, known: Mapping[bytes, str], digest: LineDigest
+) -> tuple[str, Scan]:
+    """Decode the file and scan its records against the stored digests (a worker thread)."""
+    text, encoding = open_text(path, max_bytes)
+    with text:
+        return encoding, scan_file(text, known, digest)

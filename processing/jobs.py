@@ -18,7 +18,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from processing.model import UploadJob
+from processing.model import FileFacts, UploadJob
 
 __all__ = ["UploadJob"]  # its old home: still importable from here
 
@@ -32,7 +32,7 @@ def uploaded_name(source: str) -> str:
     return source.removeprefix(CLI_SOURCE).rsplit("/", 1)[-1]
 
 
-def file_facts(path: Path, source: str) -> dict[str, object]:
+def file_facts(path: Path, source: str) -> FileFacts:
     """result.json's `file` (SPEC §6.2): the name, size and SHA-256 of the spooled
     bytes the run processed, so a district's script can compare them with what it
     sent. Read from the spool copy, never from students.csv again (which a newer
@@ -40,7 +40,7 @@ def file_facts(path: Path, source: str) -> dict[str, object]:
     with open(path, "rb") as handle:
         digest = hashlib.file_digest(handle, "sha256")
         size = handle.tell()
-    return {"name": uploaded_name(source), "bytes": size, "sha256": digest.hexdigest()}
+    return FileFacts(uploaded_name(source), size, digest.hexdigest())
 
 
 def spool_dir(data: Path, district_id: str) -> Path:

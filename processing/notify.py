@@ -13,45 +13,38 @@ from email.header import Header
 from email.message import EmailMessage
 from email.policy import SMTP
 from email.utils import format_datetime, make_msgid, parseaddr
-from typing import Any
 
 from processing.config import Config, District
-from processing.model import PlannedError, QueuedEmail, utc_now
+from processing.model import PlannedError, QueuedEmail, RunResult, iso, utc_now
 
 INLINE_ERRORS = 10
 
 
-def subject_for(result: dict[str, Any], district_name: str) -> str:
-    state = result["state"]
+def subject_for(state: str, errors: int, district_name: str) -> str:
+    """SPEC §6.4's subject for a run that ended in `state` with `errors` rejected rows."""
     if state == "failed":
         return f"MY Access eAMS: update FAILED for {district_name}"
     if state == "held":
         return f"MY Access eAMS: update HELD for {district_name}"
-    if result["errors"]:
-        return (
-            f"MY Access eAMS: update completed with {result['errors']} errors for {district_name}"
-        )
+    if errors:
+        return f"MY Access eAMS: update completed with {errors} errors for {district_name}"
     return f"MY Access eAMS: update succeeded for {district_name}"
 
 
-def _counts(result: dict[str, Any]) -> list[str]:
-    lines = [
-        f"  rows in the file:  {result['rows']}",
-        f"  added:             {result['added']}",
-        f"  updated:           {result['updated']}",
-        f"  unchanged:         {result['unchanged']}",
-        f"  activated:         {result['activated']}",
-        f"  deactivated:       {result['deactivated']}",
-        f"  transferred:       {result['transferred']}",
-        f"  rejected rows:     {result['errors']}",
+def _counts(result: RunResult) -> list[str]:
+    licenses = result.licenses
+    return [
+        f"  rows in the file:  {result.rows}",
+        f"  added:             {result.added}",
+        f"  updated:           {result.updated}",
+        f"  unchanged:         {result.unchanged}",
+        f"  activated:         {result.activated}",
+        f"  deactivated:       {result.deactivated}",
+        f"  transferred:       {result.transferred}",
+        f"  rejected rows:     {result.errors}",
+        f"  licenses available on order {licenses.order}: {licenses.available} "
+        f"of {licenses.licenses}",
     ]
-    licenses = result.get("licenses")
-    if licenses:
-        lines.append(
-            f"  licenses available on order {licenses['order']}: {licenses['available']} "
-            f"of {licenses['licenses']}"
-        )
-    return lines
 
 
 def _error_lines(errors: Sequence[PlannedError], total: int) -> list[str]:
@@ -64,21 +57,21 @@ def _error_lines(errors: Sequence[PlannedError], total: int) -> list[str]:
     return lines
 
 
-def render_body(result: dict[str, Any], district: District, errors: Sequence[PlannedError]) -> str:
-    run_id = result["run_id"]
-    state = result["state"]
+def render_body(result: RunResult, district: District, errors: Sequence[PlannedError]) -> str:
+    run_id = result.run_id
+    state = result.state
     errors_path = f"/results/{run_id}.errors.csv"
     lines = [
         f"District: {district.name} ({district.id})",
         f"Run: {run_id}",
-        f"File received: {result['received_at']}",
+        f"File received: {iso(result.received_at)}",
         "",
     ]
     if state == "failed":
-        problem = result["file_error"] or {}
+        problem = result.file_error
         lines += [
             "The students.csv upload was rejected and NOTHING was applied:",
-            f"  {problem.get('code')}: {problem.get('message')}",
+            f"  {problem.code}: {problem.message}" if problem else "",
             "",
             f"The error file is on the SFTP site at {errors_path}",
             "Fix the extract and upload students.csv again.",
@@ -86,7 +79,7 @@ def render_body(result: dict[str, Any], district: District, errors: Sequence[Pla
     elif state == "held":
         lines += [
             "The students.csv upload was HELD and nothing was applied:",
-            f"  {result.get('held_reason', '')}",
+            f"  {result.held_reason or ''}",
             "",
             "If the file is right, your MY Access account manager can release it "
             f"(eams approve {run_id}); otherwise fix the extract and upload it again.",
@@ -95,15 +88,15 @@ def render_body(result: dict[str, Any], district: District, errors: Sequence[Pla
             *_counts(result),
         ]
     else:
-        if result["errors"]:
+        if result.errors:
             lines += [
-                f"The update was applied, but {result['errors']} rows were rejected.",
+                f"The update was applied, but {result.errors} rows were rejected.",
                 "The other rows were applied:",
             ]
         else:
             lines.append("The update was applied:")
         lines += ["", *_counts(result)]
-        if result["errors"]:
+        if result.errors:
             lines += [
                 "",
                 "First rejected rows:",
@@ -156,23 +149,23 @@ def encode_subject(subject: str) -> bytes:
 def run_emails(
     config: Config,
     district: District,
-    result: dict[str, Any],
+    result: RunResult,
     errors: Sequence[PlannedError],
 ) -> list[QueuedEmail]:
     """The email(s) one finished run queues; none for dry runs or with no recipients."""
-    if result.get("dry_run"):
+    if result.dry_run:
         return []
-    state = result["state"]
+    state = result.state
     copy_operators = state in ("failed", "held")
     to = list(district.notify)
     cc = [a for a in config.operators_notify if a not in to] if copy_operators else []
     recipients = tuple(to + cc)
     if not recipients:
         return []
-    subject = subject_for(result, district.name)
+    subject = subject_for(state, result.errors, district.name)
     body = render_body(result, district, errors)
     message = build_message(config.sender, recipients, subject, body, to=to, cc=cc)
-    kind = state if state != "done" else ("partial" if result["errors"] else "success")
+    kind = state if state != "done" else ("partial" if result.errors else "success")
     return [QueuedEmail(kind=kind, recipients=recipients, message=message)]
 
 

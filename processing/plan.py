@@ -90,18 +90,18 @@ class Plan:
 
 
 @frozen
-class FirstPass:
+class FileFindings:
     """What must be known about the whole file before its rows are decided exactly."""
 
     duplicates: dict[str, list[int]]  # student id -> every line it appears on
     usernames: frozenset[str]  # lower-cased, not this district's: check other districts
 
 
-class Tap:
+class FindingsRecorder:
     """Records duplicates and new usernames while the rows stream into `build_plan`.
 
     The runner decides a file in one optimistic pass that assumes no
-    repeated Student IDs and no username held by another district; this tap
+    repeated Student IDs and no username held by another district; this recorder
     collects what proves or disproves that, so the rare file that breaks the
     assumption is decided again, exactly, with `duplicates` and
     `taken_elsewhere` known.
@@ -130,16 +130,16 @@ class Tap:
                     usernames.add(key)
             yield raw
 
-    def result(self) -> FirstPass:
-        return FirstPass(duplicates=self.duplicates, usernames=frozenset(self.usernames))
+    def findings(self) -> FileFindings:
+        return FileFindings(duplicates=self.duplicates, usernames=frozenset(self.usernames))
 
 
-def first_pass(raw_rows: Iterable[RawRow], owners: dict[str, str] | None = None) -> FirstPass:
-    """The tap's findings for a whole file, without deciding anything."""
-    tap = Tap(owners if owners is not None else {})
-    for _ in tap(raw_rows):
+def file_findings(raw_rows: Iterable[RawRow], owners: dict[str, str] | None = None) -> FileFindings:
+    """The recorder's findings for a whole file, without deciding anything."""
+    recorder = FindingsRecorder(owners if owners is not None else {})
+    for _ in recorder(raw_rows):
         pass
-    return tap.result()
+    return recorder.findings()
 
 
 def build_plan(

@@ -13,9 +13,8 @@ import json
 import os
 from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
 
-from processing.model import TEMPLATE_COLUMNS, PlannedError
+from processing.model import TEMPLATE_COLUMNS, FileFacts, PlannedError, RunResult, iso
 
 ERRORS_HEADER = ("Line", "Error Code", "Message", *TEMPLATE_COLUMNS)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
@@ -45,69 +44,68 @@ def render_errors_csv(errors: Iterable[PlannedError]) -> str:
     return out.getvalue()
 
 
-def render_result_json(result: dict[str, Any]) -> str:
-    return json.dumps(result, indent=2, ensure_ascii=False) + "\n"
+def render_result_json(result: RunResult) -> str:
+    return json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n"
 
 
-def render_result_txt(result: dict[str, Any], district_name: str) -> str:
+def render_result_txt(result: RunResult, district_name: str) -> str:
     """The same facts as result.json, for a person."""
     lines = [
         f"MY Access eAMS processing result for {district_name}",
         "",
-        f"Run:          {result['run_id']}",
-        _file_line(result.get("file")),
-        f"Received:     {result['received_at']}",
-        f"Finished:     {result['finished_at']}",
-        f"Encoding:     {result['encoding'] or 'unknown'}",
+        f"Run:          {result.run_id}",
+        _file_line(result.file),
+        f"Received:     {iso(result.received_at)}",
+        f"Finished:     {iso(result.finished_at)}",
+        f"Encoding:     {result.encoding or 'unknown'}",
     ]
-    state = result["state"]
-    if result.get("dry_run"):
+    state = result.state
+    if result.dry_run:
         lines.append("Mode:         DRY RUN (check/): nothing was applied; counts show what would")
     if state == "failed":
-        error = result["file_error"] or {}
+        error = result.file_error
         lines += [
             "",
             "Result:       FAILED: the file was rejected and nothing was applied.",
-            f"Error:        {error.get('code')}: {error.get('message')}",
+            f"Error:        {error.code}: {error.message}" if error else "Error:",
         ]
     elif state == "held":
         lines += [
             "",
             "Result:       HELD: nothing was applied.",
-            f"Reason:       {result.get('held_reason', '')}",
+            f"Reason:       {result.held_reason or ''}",
             "An operator must approve this run (eams approve) or discard it.",
         ]
     else:
-        outcome = "done" if result["errors"] == 0 else f"done with {result['errors']} rejected rows"
+        outcome = "done" if result.errors == 0 else f"done with {result.errors} rejected rows"
         lines += ["", f"Result:       {outcome}"]
     lines += [
         "",
-        f"Rows:         {result['rows']}",
-        f"Added:        {result['added']}",
-        f"Updated:      {result['updated']}",
-        f"  activated:    {result['activated']}",
-        f"  deactivated:  {result['deactivated']}",
-        f"  transferred:  {result['transferred']}",
-        f"Unchanged:    {result['unchanged']}",
-        f"Errors:       {result['errors']}",
+        f"Rows:         {result.rows}",
+        f"Added:        {result.added}",
+        f"Updated:      {result.updated}",
+        f"  activated:    {result.activated}",
+        f"  deactivated:  {result.deactivated}",
+        f"  transferred:  {result.transferred}",
+        f"Unchanged:    {result.unchanged}",
+        f"Errors:       {result.errors}",
     ]
-    licenses = result.get("licenses")
-    if licenses:
-        lines += [
-            "",
-            f"Licenses on order {licenses['order']}: {licenses['licenses']} total, "
-            f"{licenses['used']} used, {licenses['available']} available",
-        ]
-    if result["errors"] or state == "failed":
-        lines += ["", f"Details of every rejected row: results/{result['run_id']}.errors.csv"]
+    licenses = result.licenses
+    lines += [
+        "",
+        f"Licenses on order {licenses.order}: {licenses.licenses} total, "
+        f"{licenses.used} used, {licenses.available} available",
+    ]
+    if result.errors or state == "failed":
+        lines += ["", f"Details of every rejected row: results/{result.run_id}.errors.csv"]
     return "\n".join(lines) + "\n"
 
 
-def _file_line(file: dict[str, Any] | None) -> str:
+def _file_line(file: FileFacts | None) -> str:
     """The processed bytes, as result.json's `file` names them (SPEC §6.2)."""
-    if not file:  # a run recorded before result.json had `file`
+    if file is None:  # a run recorded before result.json had `file`
         return "File:         students.csv"
-    return f"File:         {file['name']}, {file['bytes']} bytes, SHA-256 {file['sha256']}"
+    return f"File:         {file.name}, {file.bytes} bytes, SHA-256 {file.sha256}"
 
 
 def atomic_write(path: Path, text: str) -> None:
@@ -131,12 +129,12 @@ def atomic_write(path: Path, text: str) -> None:
 
 def write_results(
     results_dir: Path,
-    result: dict[str, Any],
+    result: RunResult,
     district_name: str,
     errors: Iterable[PlannedError],
 ) -> list[Path]:
     """Write `<run_id>.result.json`, `.result.txt` and, when needed, `.errors.csv`."""
-    run_id = result["run_id"]
+    run_id = result.run_id
     written = []
     errors = list(errors)
     if errors:

@@ -21,6 +21,7 @@ import json
 import sqlite3
 from collections.abc import Callable, Coroutine, Iterable, Iterator, Sequence
 from datetime import datetime
+from operator import itemgetter
 from pathlib import Path
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
@@ -30,11 +31,13 @@ from attrs import frozen
 from processing.config import Config
 from processing.model import (
     DistrictState,
+    DistrictWrite,
     OrderTally,
     OutboxItem,
     PlannedError,
     QueuedEmail,
     RunRecord,
+    RunResult,
     Student,
     UploadJob,
     UploadStatus,
@@ -230,7 +233,7 @@ def _run_record(row: sqlite3.Row) -> RunRecord:
         source=row["source"],
         spool_path=row["spool_path"],
         received_at=parse_iso(row["received_at"]),
-        result=json.loads(row["result_json"]) if row["result_json"] else None,
+        result=RunResult.from_json(json.loads(row["result_json"])) if row["result_json"] else None,
     )
 
 
@@ -244,9 +247,55 @@ class KnownLines:
 
 
 @frozen
-class OrderWrite:
-    id: str
-    used: int
+class StudentRows:
+    """A run's student rows for SQL, in `_INSERT_STUDENT`'s column order."""
+
+    changed: list[tuple[Any, ...]]
+    new: list[tuple[Any, ...]]
+    digests: list[tuple[bytes, str, str]]  # (digest, district id, student id)
+
+
+def _student_rows(district_id: str, write: DistrictWrite) -> StudentRows:
+    """Rows for `_INSERT_STUDENT`/`_UPSERT_STUDENT` (a worker thread: 500,000 of them).
+
+    Changed students keep the file's order (a username one student gives up
+    may be taken by a later row); new ones are sorted by Student ID, so the
+    clustered table is written in key order (a 500,000-row first load).
+    Unchanged students whose line restates them under a digest not stored yet
+    get just that digest.
+    """
+    now = iso(utc_now())
+    added, digests, passwords = write.added, write.digests, write.passwords
+    changed: list[tuple[Any, ...]] = []
+    new: list[tuple[Any, ...]] = []
+    for student_id, s in write.students.items():
+        password = passwords.get(student_id)
+        (new if student_id in added else changed).append(
+            (
+                district_id,
+                s.student_id,
+                s.school_code,
+                s.first_name,
+                s.last_name,
+                s.grade,
+                s.username,
+                s.username.lower(),
+                s.class_name,
+                int(s.active),
+                s.order_id,
+                password,
+                s.password_mac if password is not None else None,
+                now,
+                digests.get(student_id),
+            )
+        )
+    new.sort(key=itemgetter(1))
+    restated = [
+        (digest, district_id, student_id)
+        for student_id, digest in digests.items()
+        if digest is not None and student_id not in write.students
+    ]
+    return StudentRows(changed, new, restated)
 
 
 # A Student's fields (rules.Student), in its order
@@ -663,55 +712,36 @@ class Store:
         self,
         run: RunRecord,
         *,
-        state: str,
-        result: dict[str, Any],
+        result: RunResult,
         errors: Sequence[PlannedError],
         emails: Sequence[QueuedEmail],
-        expected_version: int | None = None,
-        students: Sequence[tuple[Any, ...]] = (),
-        new_students: Sequence[tuple[Any, ...]] = (),
-        orders: Sequence[OrderWrite] = (),
-        digests: Sequence[tuple[bytes, str]] = (),
+        write: DistrictWrite | None = None,
     ) -> None:
-        """Write a run's student changes, order counts, run record, errors and emails at once.
+        """Write a run's record, errors and emails, and (when it applies) its students and
+        order counts, in ONE transaction (SPEC §5.3).
 
-        `digests` are (line digest, student id) of unchanged students whose
-        line restates them under a digest not stored yet.
-
-        `expected_version` (when students change) is the district version the
-        plan was decided on; a mismatch, or a username another district took
-        meanwhile, raises `Conflict` and nothing is written.
+        `write.expected_version` is the district version the run was decided
+        on; a mismatch, or a username another district took meanwhile, raises
+        `Conflict` and nothing is written.
         """
+        rows = await asyncio.to_thread(_student_rows, run.district_id, write) if write else None
         await self.db.execute("BEGIN IMMEDIATE")
         try:
             cursor = await self.db.execute(
                 "UPDATE runs SET state = ?, finished_at = ?, result_json = ?, results_written = 0 "
                 "WHERE district_id = ? AND run_id = ? AND state IN ('queued', 'approved')",
-                (state, result.get("finished_at"), json.dumps(result), run.district_id, run.run_id),
+                (
+                    result.state,
+                    iso(result.finished_at),
+                    json.dumps(result.to_json()),
+                    run.district_id,
+                    run.run_id,
+                ),
             )
             if cursor.rowcount != 1:
                 raise AlreadyFinished(f"run {run.run_id} was already finished")
-            if expected_version is not None:
-                cursor = await self.db.execute(
-                    "UPDATE districts SET version = version + 1 WHERE id = ? AND version = ?",
-                    (run.district_id, expected_version),
-                )
-                if cursor.rowcount != 1:
-                    raise Conflict(f"district {run.district_id} changed during the run")
-            if students:  # changed ones first: they may free usernames new ones take
-                await self.db.executemany(_UPSERT_STUDENT, students)
-            if new_students:
-                await self.db.executemany(_INSERT_STUDENT, new_students)
-            if digests:
-                await self.db.executemany(
-                    "UPDATE students SET line_digest = ? WHERE district_id = ? AND student_id = ?",
-                    [(digest, run.district_id, student_id) for digest, student_id in digests],
-                )
-            if orders:
-                await self.db.executemany(
-                    "UPDATE orders SET used = ? WHERE district_id = ? AND id = ?",
-                    [(o.used, run.district_id, o.id) for o in orders],
-                )
+            if write is not None and rows is not None:
+                await self._write_district(run.district_id, write, rows)
             await self.db.execute(
                 "DELETE FROM run_errors WHERE district_id = ? AND run_id = ?",
                 (run.district_id, run.run_id),
@@ -726,7 +756,7 @@ class Store:
                             run.run_id,
                             pos,
                             e.line,
-                            e.code,
+                            str(e.code),
                             e.message,
                             json.dumps(e.values, ensure_ascii=False),
                         )
@@ -741,6 +771,29 @@ class Store:
         except BaseException:
             await self.db.execute("ROLLBACK")
             raise
+
+    async def _write_district(
+        self, district_id: str, write: DistrictWrite, rows: StudentRows
+    ) -> None:
+        cursor = await self.db.execute(
+            "UPDATE districts SET version = version + 1 WHERE id = ? AND version = ?",
+            (district_id, write.expected_version),
+        )
+        if cursor.rowcount != 1:
+            raise Conflict(f"district {district_id} changed during the run")
+        if rows.changed:  # changed ones first: they may free usernames new ones take
+            await self.db.executemany(_UPSERT_STUDENT, rows.changed)
+        if rows.new:
+            await self.db.executemany(_INSERT_STUDENT, rows.new)
+        if rows.digests:
+            await self.db.executemany(
+                "UPDATE students SET line_digest = ? WHERE district_id = ? AND student_id = ?",
+                rows.digests,
+            )
+        await self.db.executemany(
+            "UPDATE orders SET used = ? WHERE district_id = ? AND id = ?",
+            [(used, district_id, order_id) for order_id, used in write.orders],
+        )
 
     # ---- listings (eams students / licenses) -----------------------------------
 

@@ -92,13 +92,13 @@ def _district(config: Config, district_id: str) -> None:
 def _print_outcome(outcome: RunOutcome, config: Config) -> None:
     district = config.district(outcome.record.district_id)
     print(render_result_txt(outcome.result, district.name), end="")
-    if not outcome.result.get("dry_run") or outcome.record.seq:
+    if not outcome.result.dry_run or outcome.record.seq:
         folder = config.server.homes / district.id / "results"
-        print(f"Result files: {folder}/{outcome.result['run_id']}.result.*")
+        print(f"Result files: {folder}/{outcome.result.run_id}.result.*")
 
 
 def _outcome_status(outcome: RunOutcome) -> int:
-    return EXIT_OK if outcome.result["state"] == "done" else EXIT_FAIL
+    return EXIT_OK if outcome.result.state == "done" else EXIT_FAIL
 
 
 # ---- commands ---------------------------------------------------------------
@@ -177,7 +177,7 @@ async def cmd_process(args: argparse.Namespace) -> int:
                 spooled.unlink(missing_ok=True)
             print("DRY RUN: nothing was applied or written.")
         else:
-            record = await rt.runner.submit(job)
+            record = await rt.store.enqueue_run(job)
             outcome = await rt.runner.run(record)
         _print_outcome(outcome, config)
         return _outcome_status(outcome)
@@ -219,7 +219,7 @@ async def cmd_licenses(args: argparse.Namespace) -> int:
 def run_summary(record: RunRecord) -> dict[str, Any]:
     """A run as SPEC §6.2's object; queued runs have no result yet, so a stub."""
     if record.result is not None:
-        return {**record.result, "state": record.state}
+        return {**record.result.to_json(), "state": record.state}
     return {
         "run_id": record.run_id,
         "district": record.district_id,

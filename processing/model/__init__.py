@@ -38,7 +38,7 @@ from processing.model.runs import (
     parse_iso,
     utc_now,
 )
-from processing.model.students import DistrictState, OrderTally, Student
+from processing.model.students import DistrictState, DistrictWrite, OrderTally, Student
 
 __all__ = [
     "PASSWORD_COLUMN",
@@ -46,6 +46,7 @@ __all__ = [
     "TEMPLATE_HEADER",
     "Counts",
     "DistrictState",
+    "DistrictWrite",
     "ErrorCode",
     "FileCode",
     "FileError",

@@ -210,4 +210,4 @@ class RunRecord:
     source: str
     spool_path: str | None
     received_at: datetime
-    result: dict[str, Any] | None  # result.json as stored
+    result: RunResult | None

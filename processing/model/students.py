@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import NamedTuple
 
-from attrs import define, field
+from attrs import define, field, frozen
 
 
 class Student(NamedTuple):
@@ -64,3 +65,18 @@ class DistrictState:
             if tally.kind == "enterprise":
                 return tally.id
         raise LookupError(f"district {self.district_id} has no enterprise order")
+
+
+@frozen
+class DistrictWrite:
+    """What an applied run writes for its district, in the run's one transaction.
+
+    The store turns it into rows (the SQL column order lives only there).
+    """
+
+    expected_version: int  # the district version the run was decided on
+    students: Mapping[str, Student]  # changed and new students, in first-change order
+    added: frozenset[str]  # which of `students` are new
+    passwords: Mapping[str, bytes]  # new passwords, encrypted, by student id
+    digests: Mapping[str, bytes | None]  # line digests to store (None: clear), by student id
+    orders: tuple[tuple[str, int], ...]  # (order id, used) after the run
