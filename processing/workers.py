@@ -10,20 +10,33 @@ process, where they finish in milliseconds, with no hand-off.
 The worker opens its own connection to the same SQLite database (WAL allows
 that) and runs exactly `Runner.run`, so both paths commit the same way; the
 per-district order is kept by the queue, which awaits one run at a time.
+
+A worker ends with the server (SPEC §3.2). Killed with `kill -9`, the server
+left its worker running with parent 1: it committed the run it had, while
+the restarted server ran it again from the spool and logged an ERROR for the
+run it found finished. So each worker asks Linux for SIGKILL when the
+server's thread that started it ends (prctl PR_SET_PDEATHSIG; the pool starts
+workers from the event loop's thread, which lives as long as the server), and
+checks right after that the server had not already died. With the workers
+gone, multiprocessing's resource tracker, whose pipe they held open too, ends.
 """
 
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import logging
 import multiprocessing
 import os
+import signal
+import sys
 from concurrent.futures import ProcessPoolExecutor
 
 from processing.config import Config
+from processing.model import RunRecord
 from processing.passwords import StudentPasswords
 from processing.runner import Runner, RunOutcome
-from processing.store import RunRecord, Store, database_path
+from processing.store import Store, database_path
 
 log = logging.getLogger("eams.workers")
 
@@ -45,7 +58,10 @@ class RunExecutor:
         if self._pool is None:  # started on the first big run only
             context = multiprocessing.get_context("spawn")  # no fork of a threaded process
             self._pool = ProcessPoolExecutor(
-                self.workers, mp_context=context, initializer=_init_worker
+                self.workers,
+                mp_context=context,
+                initializer=_init_worker,
+                initargs=(os.getpid(),),
             )
         log.info("run %s %s goes to a worker process", record.district_id, record.run_id)
         loop = asyncio.get_running_loop()
@@ -68,10 +84,31 @@ def _size(record: RunRecord) -> int:
         return 0
 
 
-def _init_worker() -> None:
+def _init_worker(server: int) -> None:
+    end_with(server)
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s"
     )
+
+
+_PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def end_with(server: int) -> None:
+    """Make this process end when process `server` (its parent) ends, on Linux.
+
+    The signal is armed for the parent's thread that started this process;
+    if the parent died before it was armed, this process ends now. Elsewhere
+    (no prctl) nothing is done.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) != 0:
+        log.warning("worker %d cannot follow the server: prctl failed", os.getpid())
+        return
+    if os.getppid() != server:  # it died before the signal was armed
+        os.kill(os.getpid(), signal.SIGKILL)
 
 
 def run_in_worker(config: Config, record: RunRecord) -> RunOutcome:

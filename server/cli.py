@@ -24,19 +24,11 @@ from attrs import frozen
 
 from processing.config import Config, ConfigError
 from processing.jobs import CLI_SOURCE, UploadJob, spool_copy
+from processing.model import RunRecord, iso, utc_now
 from processing.passwords import KEY_FILE, StudentPasswords
 from processing.reports import render_result_txt
 from processing.runner import Runner, RunOutcome
-from processing.store import (
-    DB_FILE,
-    ORDER_FIELDS,
-    STUDENT_FIELDS,
-    RunRecord,
-    Store,
-    database_path,
-    iso,
-    utc_now,
-)
+from processing.store import DB_FILE, Store, database_path
 from server.accounts import hash_password
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -55,6 +47,21 @@ class Runtime:
     config: Config
     store: Store
     runner: Runner
+
+
+# `eams students` / `eams licenses` table columns, in display order (SPEC §7's fields)
+STUDENT_FIELDS = (
+    "student_id",
+    "school_code",
+    "first_name",
+    "last_name",
+    "grade",
+    "username",
+    "class_name",
+    "status",
+    "order",
+)
+ORDER_FIELDS = ("order", "kind", "licenses", "used", "available")
 
 
 def load_config(path: str) -> Config:

@@ -10,9 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from processing.config import Config, SmtpSettings
+from processing.model import utc_now
 from processing.notify import stale_email
 from processing.sender import LEDGER_NAME, Sender
-from processing.store import Store, database_path, utc_now
+from processing.store import Store, database_path
 from tests.conftest import SPR, make_config
 from tests.processing.test_email import MailServer, free_port, wait_until
 

@@ -36,12 +36,13 @@ from aiosmtpd.controller import Controller
 
 from processing.config import Config
 from processing.jobs import UploadJob, spool_copy
+from processing.model import QueuedEmail, utc_now
 from processing.notify import build_message, subject_for
 from processing.passwords import StudentPasswords
 from processing.runner import Runner, RunOutcome
 from processing.sender import Sender
 from processing.stale import check_stale
-from processing.store import QueuedEmail, Store, utc_now
+from processing.store import Store
 from tests.conftest import (
     ORDERS,
     PASSWORD_MARK,
@@ -327,7 +328,7 @@ class Env:
             dry_run=dry_run,
             order_id=order,
         )
-        record = await self.runner.submit(job)
+        record = await self.runner.store.enqueue_run(job)
         return await self.runner.run(record)
 
     async def outbox(self) -> list[dict[str, Any]]:
@@ -448,7 +449,7 @@ async def scenario(
 
 
 def run_id(s: Scenario, kind: str) -> str:
-    value = s.outcomes[kind].result["run_id"]
+    value = s.outcomes[kind].result.run_id
     assert isinstance(value, str)
     return value
 
@@ -532,8 +533,7 @@ def assert_wire_format(data: bytes) -> None:
 @pytest.mark.parametrize("errors", [0, 1, 14, 1234])
 def test_subject_wire_format_for_any_district_name(name: str, errors: int) -> None:
     """CPython's header folder can emit `=?utf-8?q??=` (gh-136052); strict servers refuse it."""
-    result = {"state": "done", "errors": errors}
-    subject = subject_for(result, name)
+    subject = subject_for("done", errors, name)
     data = build_message(SENDER, ["a@example.org"], subject, "Body é\n", to=["a@example.org"])
     assert_wire_format(data)
     msg = email.message_from_bytes(data, policy=email.policy.default)
@@ -575,7 +575,7 @@ async def test_partial_body_counts_error_file_and_first_ten_errors(scenario: Sce
         "transferred": 1,
         "errors": 13,
     }
-    assert {k: result[k] for k in expected} == expected
+    assert {k: getattr(result, k) for k in expected} == expected
     for label, value in {**expected, "rejected rows": 13}.items():
         if label != "errors":
             assert count_line(body, label, value), (label, body)
@@ -604,9 +604,9 @@ async def test_partial_body_counts_error_file_and_first_ten_errors(scenario: Sce
 
 async def test_failed_body_names_the_error_and_the_error_file(scenario: Scenario) -> None:
     body = scenario.mail["failed"].body
-    file_error = scenario.outcomes["failed"].result["file_error"]
-    assert file_error["code"] == "HEADER_MISMATCH"
-    assert f"  HEADER_MISMATCH: {file_error['message']}" in body
+    file_error = scenario.outcomes["failed"].result.file_error
+    assert file_error is not None and file_error.code == "HEADER_MISMATCH"
+    assert f"  HEADER_MISMATCH: {file_error.message}" in body
     assert "NOTHING was applied" in body
     assert f"/results/{run_id(scenario, 'failed')}.errors.csv" in body
 
@@ -614,9 +614,9 @@ async def test_failed_body_names_the_error_and_the_error_file(scenario: Scenario
 async def test_held_body_says_why_and_how_to_release(scenario: Scenario) -> None:
     body = scenario.mail["held"].body
     result = scenario.outcomes["held"].result
-    assert result["state"] == "held" and result["deactivated"] == 30
+    assert result.state == "held" and result.deactivated == 30
     assert "HELD and nothing was applied" in body
-    assert f"  {result['held_reason']}\n" in body
+    assert f"  {result.held_reason}\n" in body
     assert "would deactivate 30 of the district's 47 active students" in body
     assert f"eams approve {run_id(scenario, 'held')}" in body
     assert count_line(body, "deactivated", 30)
@@ -641,7 +641,8 @@ async def test_smtp_down_then_up_delivers_without_restarting_the_sender(
 
     async def failed_twice() -> bool:
         rows = await env.outbox()
-        return rows[0]["attempts"] >= 2
+        attempts: int = rows[0]["attempts"]
+        return attempts >= 2
 
     await wait_until(failed_twice, "two failed attempts while the server is down")
     row = (await env.outbox())[0]
@@ -896,7 +897,7 @@ async def test_stale_alert_once_per_silence_and_across_restarts(
     assert len(await stale_rows()) == 1
     # a dry run (check/) is not an upload: no email, no re-arming
     dry = await env.upload([student("S001")], dry_run=True, received_at=start + timedelta(hours=40))
-    assert dry.result["dry_run"] is True
+    assert dry.result.dry_run is True
     assert [r["kind"] for r in await env.outbox()] == ["stale"]
     # a real upload re-arms it; another silence alerts once more
     await env.upload([student("S001")], received_at=start + timedelta(hours=40))
@@ -967,7 +968,7 @@ async def test_an_email_without_recipients_does_not_block_the_outbox(
 async def test_eams_process_queues_the_same_emails_as_uploads(
     tmp_path: Path, smtp: MailServer, envs: Callable[[Path], Awaitable[Env]]
 ) -> None:
-    files = {
+    files: dict[str, list[list[str] | str]] = {
         "partial": [student("S001"), student("S002"), student("S001", "X"), student("N1", "D")],
         "failed": [BAD_HEADER],
     }

@@ -14,10 +14,11 @@ from attrs import frozen
 
 from processing.config import Config
 from processing.jobs import UploadJob, spool_copy, spool_files
+from processing.model import RunRecord, utc_now
 from processing.passwords import StudentPasswords
 from processing.queue import ProcessingQueue
 from processing.runner import Runner
-from processing.store import RunRecord, Store, database_path, utc_now
+from processing.store import Store, database_path
 from tests.conftest import SPR, assert_invariant, eams, make_config, student, write_csv
 
 
@@ -77,8 +78,8 @@ async def test_a_close_is_answered_while_another_run_holds_the_database(tmp_path
         assert [state for _, state in recorded] == ["done", "done"]
         # In arrival order: the second (D) found the student the first created.
         results = [r.result for r in await env.store.list_runs() if r.result is not None]
-        by_seq = sorted(results, key=lambda r: r["run_id"].rsplit("-", 1)[1])
-        assert (by_seq[0]["added"], by_seq[1]["deactivated"]) == (1, 1)
+        by_seq = sorted(results, key=lambda r: r.run_id.rsplit("-", 1)[1])
+        assert (by_seq[0].added, by_seq[1].deactivated) == (1, 1)
     assert_invariant(env.config_path)
 
 
@@ -100,7 +101,7 @@ async def test_an_upload_spooled_just_before_a_crash_is_adopted_once(tmp_path: P
         await env.queue.wait_idle()
         (record,) = await env.store.list_runs()
         assert record.state == "done" and record.result is not None
-        assert record.result["added"] == 2
+        assert record.result.added == 2
         assert record.received_at == job.received_at
         assert spool_files(data) == []  # processed: its spool copy is gone
     assert_invariant(env.config_path)
@@ -125,7 +126,7 @@ async def test_adopted_check_uploads_stay_dry_runs(tmp_path: Path, tag: str) -> 
         assert record.dry_run is (tag == "check")
         assert record.source == ("check/students.csv" if tag == "check" else "students.csv")
         assert record.result is not None
-        assert record.result["added"] == 1 and record.result["dry_run"] is (tag == "check")
+        assert record.result.added == 1 and record.result.dry_run is (tag == "check")
 
 
 class FlakyStore(Store):
@@ -145,6 +146,7 @@ async def test_a_record_that_fails_is_acknowledged_once_and_recorded_once(tmp_pa
     so the client's retry made two runs, and the failed record waited for a restart."""
     async with environment(tmp_path) as env:
         flaky = await FlakyStore.open(database_path(env.config.server.data))
+        assert isinstance(flaky, FlakyStore)
         flaky.failures = 2
         queue = ProcessingQueue(env.runner, flaky)
         try:
@@ -157,5 +159,5 @@ async def test_a_record_that_fails_is_acknowledged_once_and_recorded_once(tmp_pa
         assert flaky.failures == 0
         (record,) = await env.store.list_runs()
         assert record.state == "done" and record.result is not None
-        assert record.result["added"] == 2
+        assert record.result.added == 2
     assert_invariant(env.config_path)

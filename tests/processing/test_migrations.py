@@ -7,7 +7,8 @@ import sqlite3
 from pathlib import Path
 
 from processing.config import Config
-from processing.store import MIGRATIONS, Store, _statements, database_path
+from processing.store import MIGRATIONS, Store, database_path
+from processing.store.schema import statements
 from tests.conftest import ORDERS, SPR, eams, eams_json, make_config, write_csv
 
 
@@ -18,7 +19,7 @@ def make_version_4_database(path: Path) -> None:
         db.execute("CREATE TABLE schema_version (version INTEGER NOT NULL)")
         db.execute("INSERT INTO schema_version VALUES (4)")
         for script in MIGRATIONS[:4]:
-            for statement in _statements(script):
+            for statement in statements(script):
                 db.execute(statement)
         db.execute("INSERT INTO districts (id, name) VALUES (?, 'Springfield')", (SPR,))
         db.execute(

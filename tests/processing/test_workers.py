@@ -7,17 +7,26 @@ from pathlib import Path
 
 from processing.config import Config
 from processing.jobs import UploadJob, spool_copy
+from processing.model import utc_now
 from processing.passwords import StudentPasswords
 from processing.queue import ProcessingQueue
 from processing.runner import Runner, RunOutcome
-from processing.store import Store, database_path, utc_now
+from processing.store import Store, database_path
 from processing.workers import RunExecutor
-from tests.conftest import assert_invariant, make_config, write_csv
+from tests.conftest import assert_invariant, make_config, student, write_csv
 
 
 def rows(status: str, n: int = 40) -> list[list[str]]:
     return [
-        ["0101", f"S{i}", "Ana", f"Lee{i}", "3", f"user{i}", f"pw-{i}-secret", "", status]
+        student(
+            f"S{i}",
+            status,
+            last=f"Lee{i}",
+            grade="3",
+            username=f"user{i}",
+            password=f"pw-{i}-secret",
+            class_name="",
+        )
         for i in range(n)
     ]
 
@@ -39,7 +48,9 @@ async def test_runs_over_the_threshold_run_in_a_worker_process_in_order(tmp_path
             upload = write_csv(tmp_path / f"upload{n}.csv", rows(status))
             spooled, size = spool_copy(upload, data, "springfield")
             job = UploadJob("springfield", spooled, size, utc_now(), "students.csv")
-            records.append(await queue.submit(job))
+            record = await queue.submit(job)
+            assert record is not None
+            records.append(record)
         await queue.wait_idle()
     finally:
         await queue.stop()
@@ -48,7 +59,7 @@ async def test_runs_over_the_threshold_run_in_a_worker_process_in_order(tmp_path
 
     assert executor._pool is None  # closed
     assert [o.record.run_id for o in finished] == [r.run_id for r in records]
-    first, second = (o.result for o in finished)
+    first, second = (o.result.to_json() for o in finished)
     assert (first["added"], first["errors"]) == (40, 0)
     assert second["state"] == "done"
     assert (second["updated"], second["deactivated"], second["errors"]) == (40, 40, 0)
@@ -76,5 +87,5 @@ async def test_small_runs_stay_in_process(tmp_path: Path) -> None:
     finally:
         executor.close()
         await store.close()
-    assert outcome.result["added"] == 5
+    assert outcome.result.added == 5
     assert executor._pool is None  # no worker process was started

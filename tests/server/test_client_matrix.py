@@ -40,7 +40,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-from processing.store import RunRecord
+from processing.model import RunRecord
 from tests.conftest import SPR, ServerHandle, csv_text, finished_runs, student
 
 CLIENT_TIMEOUT = 30.0

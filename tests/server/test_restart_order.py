@@ -12,7 +12,8 @@ from typing import Any
 
 from processing.config import Config
 from processing.jobs import UploadJob, spool_copy
-from processing.store import Store, database_path, utc_now
+from processing.model import utc_now
+from processing.store import Store, database_path
 from tests.conftest import SPR, ServerHandle, csv_text, server_config, student, write_csv
 
 
@@ -49,9 +50,9 @@ async def test_an_upload_right_after_a_restart_waits_for_the_older_runs(
     store: Store = server.app.store
     results = sorted(
         (r.result for r in await store.list_runs(SPR) if r.result),
-        key=lambda r: int(r["run_id"].rsplit("-", 1)[1]),
+        key=lambda r: int(r.run_id.rsplit("-", 1)[1]),
     )
-    assert [(r["added"], r["deactivated"], r["errors"]) for r in results] == [
+    assert [(r.added, r.deactivated, r.errors) for r in results] == [
         (1, 0, 0),  # the queued run (S4)
         (3, 0, 0),  # the adopted spool file (S1-S3)
         (0, 4, 0),  # the new upload found all four

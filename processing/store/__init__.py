@@ -1,0 +1,50 @@
+"""The database: the only package that speaks SQL (SQLite through aiosqlite).
+
+`Store` is one connection with one door for writes (`transaction()`), made
+of a table class per concept:
+- `runs`: runs recorded at intake and finished in ONE transaction with
+  everything they change (SPEC §5.3);
+- `students`: a district's students and orders, loaded and written in bulk;
+- `outbox`: queued emails and upload times (SPEC §6.4);
+- `districts`: the config mirror, backups, the license invariant;
+- `schema`: ordered migrations.
+The server opens several Stores on the same file: one for runs (long bulk
+transactions), one for recording accepted uploads, one for the sender.
+"""
+
+from processing.model import (  # their old home; edges still being moved import them here
+    OutboxItem,
+    QueuedEmail,
+    RunRecord,
+    UploadStatus,
+    iso,
+    utc_now,
+)
+from processing.store.connection import DB_FILE, Conflict, database_path
+from processing.store.districts import DistrictsTable
+from processing.store.outbox import OutboxTable
+from processing.store.runs import AlreadyFinished, RunNotFound, RunsTable
+from processing.store.schema import MIGRATIONS
+from processing.store.students import KnownLines, StudentsTable
+
+
+class Store(RunsTable, StudentsTable, OutboxTable, DistrictsTable):
+    """One connection to the database. Open with `await Store.open(path)`."""
+
+
+__all__ = [
+    "DB_FILE",
+    "MIGRATIONS",
+    "AlreadyFinished",
+    "Conflict",
+    "KnownLines",
+    "OutboxItem",
+    "QueuedEmail",
+    "RunRecord",
+    "UploadStatus",
+    "iso",
+    "utc_now",
+    "RunNotFound",
+    "Store",
+    "database_path",
+]
