@@ -19,11 +19,13 @@ from typing import Any
 
 from attrs import field, frozen
 
+from processing.passwords import scrypt_problem
 from processing.rules import normalize_grade
 
 DISTRICT_ID = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
 USERNAME = re.compile(r"[A-Za-z0-9._@-]{1,64}\Z")
 NIGHTLY = re.compile(r"nightly@([01][0-9]|2[0-3]):([0-5][0-9])\Z")
+SYNC_MODES = ("delta", "full")
 DEFAULT_GRADES = ("K", "1", "2", "3", "4", "5", "6", "7", "8", "9", "10", "11", "12")
 
 
@@ -54,6 +56,7 @@ class District:
     order: Order
     regular_orders: tuple[Order, ...]
     schools: tuple[School, ...]
+    sync: str = "delta"  # or "full": the file is the whole roster (SPEC §5.6)
 
     @property
     def school_codes(self) -> frozenset[str]:
@@ -186,6 +189,7 @@ _DISTRICT_KEYS = {
     "schedule",
     "stale_after_hours",
     "deactivation_guard",
+    "sync",
     "order",
     "regular_orders",
     "schools",
@@ -230,6 +234,8 @@ class _Parser:
 
     def parse(self, raw: Mapping[str, Any]) -> Config:
         self.unknown_keys(raw, {"server", "smtp", "operators", "districts"}, "(top level)")
+        if "server" not in raw:  # SPEC 3.2: never 0.0.0.0:22 by accident
+            self.problem("server", "required: a [server] table (listen, port, homes, data, ...)")
         server = self.parse_server(self.table(raw, "server", "server"))
         smtp = None
         if "smtp" in raw:
@@ -241,6 +247,8 @@ class _Parser:
         self.unknown_keys(operators, {"notify", "sender"}, "operators")
         notify = self.address_list(operators, "notify", "operators")
         districts = self.parse_districts(self.table(raw, "districts", "districts"))
+        if not raw.get("districts"):  # SPEC 3.2: a SIGHUP with it would sign every district out
+            self.problem("districts", "required: at least one [districts.<id>] table")
         if self.problems:
             raise ConfigError(self.problems)
         sender = smtp.sender if smtp else SmtpSettings().sender
@@ -377,11 +385,15 @@ class _Parser:
             self.problem(f"{where}.username", "required: 1-64 of A-Z a-z 0-9 . _ @ -")
             username = district_id
         password_hash = raw.get("password_hash")
-        if password_hash is not None and (
-            not isinstance(password_hash, str) or not password_hash.startswith("scrypt$")
-        ):
-            self.problem(f"{where}.password_hash", "must be a value from `eams hash-password`")
-            password_hash = None
+        if password_hash is not None:
+            problem = (
+                scrypt_problem(password_hash)
+                if isinstance(password_hash, str)
+                else "must be a value from `eams hash-password`"
+            )
+            if problem is not None:
+                self.problem(f"{where}.password_hash", problem)
+                password_hash = None
         keys = raw.get("authorized_keys", [])
         if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
             self.problem(f"{where}.authorized_keys", "must be a list of public key lines")
@@ -410,6 +422,14 @@ class _Parser:
         if not isinstance(guard, int | float) or isinstance(guard, bool) or not 0 <= guard <= 1:
             self.problem(f"{where}.deactivation_guard", "must be a number between 0 and 1")
             guard = 0.25
+        sync = raw.get("sync", "delta")
+        if sync not in SYNC_MODES:
+            self.problem(
+                f"{where}.sync",
+                'must be "delta" (only the rows in the file change anything) or "full" '
+                "(the file is the whole roster: students not in it are deactivated)",
+            )
+            sync = "delta"
         order = self.parse_order(raw.get("order"), f"{where}.order")
         regular: list[Order] = []
         raw_regular = raw.get("regular_orders", [])
@@ -437,6 +457,7 @@ class _Parser:
             schedule=schedule,
             stale_after_hours=float(stale),
             deactivation_guard=float(guard),
+            sync=sync,
             order=order,
             regular_orders=tuple(regular),
             schools=schools,

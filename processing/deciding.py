@@ -33,9 +33,10 @@ from attrs import frozen
 from processing.config import District
 from processing.decode import open_text
 from processing.digests import LineDigest, RowsToDecide, Scan, ScanResult, scan_pass
-from processing.model import DistrictState, OrderTally, RawRow
+from processing.model import DistrictState, OrderTally, RawRow, Student
 from processing.passwords import StudentPasswords
 from processing.plan import FileFindings, FindingsRecorder, Plan, build_plan
+from processing.rules import missing_students, present_id
 from processing.store import Store
 from processing.template import read_rows
 
@@ -50,6 +51,7 @@ class RunContext:
     target: str  # the order new and moved students go to (E, or `eams process --order`)
     passwords: StudentPasswords
     digest: LineDigest
+    full_sync: bool = False  # the file is the whole roster: absent students go (SPEC §5.6)
 
 
 @frozen
@@ -68,17 +70,33 @@ async def decide_file(store: Store, ctx: RunContext, *, scan_min_bytes: int) -> 
     Raises FileRejected when the file as a whole is at fault.
     """
     scanned = await _scan(store, ctx) if _size(ctx.path) >= scan_min_bytes else None
-    if scanned is not None and scanned.scan.all_unchanged:
+    present: frozenset[str] | None = None  # full sync: every Student ID on a row
+    absent: frozenset[str] = frozenset()  # full sync, after a scan: active and not present
+    if ctx.full_sync:
+        if scanned is not None and scanned.scan.complete:
+            present = scanned.scan.present_ids()
+        else:
+            present = await asyncio.to_thread(_present_ids, ctx)
+        if scanned is not None:
+            absent = frozenset(await store.active_student_ids(ctx.district.id) - present)
+    if scanned is not None and scanned.scan.all_unchanged and not absent:
         active = sum(tally.used for tally in scanned.orders.values())
         plan = Plan.unchanged(ctx.target, active, scanned.scan.rows)
         return Decided(scanned.encoding, plan, scanned.orders, scanned.version)
     if scanned is not None:
-        decided = await _decide_rows(store, ctx, scanned)
+        decided = await _decide_rows(store, ctx, scanned, present, absent)
         if decided is not None:
             return decided
-    decided = await _decide_rows(store, ctx, None)  # never None without a scan
+    decided = await _decide_rows(store, ctx, None, present, frozenset())  # never None
     assert decided is not None
     return decided
+
+
+def _present_ids(ctx: RunContext) -> frozenset[str]:
+    """Full sync without a complete scan: one parse of the file for its Student IDs."""
+    text, _ = open_text(ctx.path, ctx.max_bytes)
+    with text:
+        return frozenset(filter(None, (present_id(raw.fields) for raw in read_rows(text))))
 
 
 def _size(path: Path) -> int:
@@ -107,8 +125,17 @@ def _scan_paused(ctx: RunContext, known: dict[bytes, str]) -> tuple[str, Scan]:
         return scan_pass(ctx.path, ctx.max_bytes, known, ctx.digest)
 
 
-async def _decide_rows(store: Store, ctx: RunContext, scanned: ScanResult | None) -> Decided | None:
-    """Load the state and decide the rows; None if the district changed since the scan."""
+async def _decide_rows(
+    store: Store,
+    ctx: RunContext,
+    scanned: ScanResult | None,
+    present: frozenset[str] | None,
+    absent: frozenset[str],
+) -> Decided | None:
+    """Load the state and decide the rows; None if the district changed since the scan.
+
+    In full sync, `present` are the file's Student IDs; after a scan, `absent`
+    are the active students not among them, loaded with the rows' students."""
     rows = scanned.scan.rows_to_decide() if scanned is not None else None
     hits = scanned.scan.hits if scanned is not None and rows is None else None
 
@@ -117,7 +144,7 @@ async def _decide_rows(store: Store, ctx: RunContext, scanned: ScanResult | None
             state = await (
                 store.load_district(ctx.district.id)
                 if rows is None
-                else store.load_students(ctx.district.id, rows.student_ids, rows.usernames)
+                else store.load_students(ctx.district.id, rows.student_ids | absent, rows.usernames)
             )
         if ctx.target not in state.orders:
             raise LookupError(f"district {ctx.district.id} has no order {ctx.target!r}")
@@ -129,7 +156,7 @@ async def _decide_rows(store: Store, ctx: RunContext, scanned: ScanResult | None
     if state is None:
         return None
     encoding, plan, findings = await asyncio.to_thread(
-        _decide_pass, ctx, rows, state, {}, frozenset(), hits
+        _decide_pass, ctx, rows, state, {}, frozenset(), hits, present
     )
     taken = await store.usernames_elsewhere(ctx.district.id, findings.usernames)
     if findings.duplicates or taken:
@@ -139,7 +166,7 @@ async def _decide_rows(store: Store, ctx: RunContext, scanned: ScanResult | None
         if state is None:
             return None
         _, plan, _ = await asyncio.to_thread(
-            _decide_pass, ctx, rows, state, findings.duplicates, taken, hits
+            _decide_pass, ctx, rows, state, findings.duplicates, taken, hits, present
         )
     if scanned is not None and rows is not None:
         plan.add_unchanged(len(scanned.scan.hits))
@@ -155,15 +182,18 @@ def _decide_pass(
     duplicates: dict[str, list[int]],
     taken: frozenset[str],
     hits: dict[int, str] | None,
+    present: frozenset[str] | None,
 ) -> tuple[str | None, Plan, FileFindings]:
     """Decide the scan's rows to decide, or decode and decide the whole file, in one
-    streaming pass (a worker thread). The encoding is None for rows the scan read."""
+    streaming pass (a worker thread). The encoding is None for rows the scan read.
+    With `present` (full sync), the state's active students not in it go first."""
+    missing = missing_students(state.students.values(), present) if present is not None else []
     if rows is not None:
         with gc_paused():
-            return None, *_plan(rows.rows, ctx, state, duplicates, taken, hits)
+            return None, *_plan(rows.rows, ctx, state, duplicates, taken, hits, missing)
     text, encoding = open_text(ctx.path, ctx.max_bytes)
     with text, gc_paused():
-        return encoding, *_plan(read_rows(text), ctx, state, duplicates, taken, hits)
+        return encoding, *_plan(read_rows(text), ctx, state, duplicates, taken, hits, missing)
 
 
 def _plan(
@@ -173,6 +203,7 @@ def _plan(
     duplicates: dict[str, list[int]],
     taken: frozenset[str],
     hits: dict[int, str] | None,
+    missing: list[Student],
 ) -> tuple[Plan, FileFindings]:
     recorder = FindingsRecorder(state.owners)
     plan = build_plan(
@@ -186,6 +217,7 @@ def _plan(
         mac=ctx.passwords.mac,
         digest=ctx.digest,
         hits=hits,
+        missing=missing,
     )
     return plan, recorder.findings()
 

@@ -43,6 +43,7 @@ from attrs import frozen
 
 from processing.decode import open_text
 from processing.model import OrderTally, RawRow
+from processing.rules import present_id
 from processing.template import read_rows
 
 RULES_VERSION = "1"
@@ -95,6 +96,11 @@ class Scan:
             return None
         rows = RowsToDecide.of(self.misses)
         return rows if rows.student_ids.isdisjoint(self.hits.values()) else None
+
+    def present_ids(self) -> frozenset[str]:
+        """Every Student ID on a row of a complete scan (full sync, SPEC §5.6)."""
+        misses = (present_id(raw.fields) for raw in self.misses)
+        return frozenset(self.hits.values()) | frozenset(filter(None, misses))
 
     def _hit_ids_unique(self) -> bool:
         return len(set(self.hits.values())) == len(self.hits)

@@ -33,6 +33,11 @@ def subject_for(state: str, errors: int, district_name: str) -> str:
 
 def _counts(result: RunResult) -> list[str]:
     licenses = result.licenses
+    missing = (
+        [f"  missing (not in the file, deactivated): {result.missing}"]
+        if result.sync == "full"
+        else []
+    )
     return [
         f"  rows in the file:  {result.rows}",
         f"  added:             {result.added}",
@@ -42,6 +47,7 @@ def _counts(result: RunResult) -> list[str]:
         f"  deactivated:       {result.deactivated}",
         f"  transferred:       {result.transferred}",
         f"  rejected rows:     {result.errors}",
+        *missing,
         f"  licenses available on order {licenses.order}: {licenses.available} "
         f"of {licenses.licenses}",
     ]

@@ -10,7 +10,7 @@ errors and counts. The store then writes the plan in one transaction. Deciding
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 
 from attrs import define, field, frozen
 
@@ -26,7 +26,13 @@ from processing.model import (
     RowError,
     Student,
 )
-from processing.rules import Outcome, decide, duplicate_error, restates
+from processing.rules import (
+    Outcome,
+    deactivated_for_absence,
+    decide,
+    duplicate_error,
+    restates,
+)
 from processing.validate import validate
 
 ECHO_LIMIT = 256  # characters of a rejected row's value kept for errors.csv
@@ -71,6 +77,7 @@ class Plan:
     added: set[str] = field(factory=set)  # the student ids in `changes` that are new
     new_passwords: dict[str, str] = field(factory=dict)
     errors: list[PlannedError] = field(factory=list)
+    missing: list[Student] = field(factory=list)  # full sync: as stored, before deactivation
     # student id -> the line digest to store with it (processing/digests.py): for
     # every changed student (None: clear it) and for unchanged ones whose line
     # restates them under a digest not stored yet
@@ -154,6 +161,7 @@ def build_plan(
     mac: Callable[[str], bytes],
     digest: LineDigest | None = None,
     hits: Mapping[int, str] | None = None,
+    missing: Sequence[Student] = (),
 ) -> Plan:
     """Decide every row in file order, mutating `state` as the rows apply.
 
@@ -161,6 +169,8 @@ def build_plan(
     scan of `state`): such a line, when it is a whole record, is unchanged
     without being parsed further. With `digest`, the plan records the digest
     of every line that restates its student after the row (`Plan.digests`).
+    `missing` (full sync, SPEC §5.6) are deactivated before the first row, so
+    new students in the same file can take the licenses they free.
     """
     plan = Plan(target=target, active_before=state.active_count)
     counts = plan.counts
@@ -168,6 +178,14 @@ def build_plan(
     target_tally = orders[target]
     digests = plan.digests
     hits = hits or {}
+    for absent in missing:
+        students[absent.student_id] = gone = deactivated_for_absence(absent)
+        orders[absent.order_id].used -= 1
+        counts.deactivated += 1
+        counts.missing += 1
+        plan.changes[absent.student_id] = gone
+        plan.missing.append(absent)
+        digests[absent.student_id] = None  # its line is not in this file
     for raw in raw_rows:
         counts.rows += 1
         fields, text = raw.fields, raw.text

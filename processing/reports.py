@@ -11,12 +11,21 @@ import csv
 import io
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from processing.model import TEMPLATE_COLUMNS, FileFacts, PlannedError, RunResult, iso
+from processing.model import TEMPLATE_COLUMNS, FileFacts, PlannedError, RunResult, Student, iso
 
 ERRORS_HEADER = ("Line", "Error Code", "Message", *TEMPLATE_COLUMNS)
+MISSING_HEADER = (
+    "School Code",
+    "Student ID",
+    "First Name",
+    "Last Name",
+    "Grade",
+    "Username",
+    "Class Name",
+)
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
@@ -41,6 +50,18 @@ def render_errors_csv(errors: Iterable[PlannedError]) -> str:
                 *(defuse(v) for v in values),
             ]
         )
+    return out.getvalue()
+
+
+def render_missing_csv(missing: Iterable[Student]) -> str:
+    """missing.csv (SPEC §6.3): who full sync deactivated, or would, for being absent;
+    the stored values, under errors.csv's encoding, line endings and formula rule."""
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\r\n")
+    writer.writerow(MISSING_HEADER)
+    for s in missing:
+        values = (s.school_code, s.student_id, s.first_name, s.last_name, s.grade)
+        writer.writerow([defuse(v) for v in (*values, s.username, s.class_name)])
     return out.getvalue()
 
 
@@ -90,6 +111,12 @@ def render_result_txt(result: RunResult, district_name: str) -> str:
         f"Unchanged:    {result.unchanged}",
         f"Errors:       {result.errors}",
     ]
+    if result.sync == "full":
+        would = "would be " if state == "held" or result.dry_run else ""
+        lines += [
+            f"Missing:      {result.missing} (full sync: active students on no row of the "
+            f"file {would}deactivated; counted in deactivated, not in rows)",
+        ]
     licenses = result.licenses
     lines += [
         "",
@@ -98,6 +125,8 @@ def render_result_txt(result: RunResult, district_name: str) -> str:
     ]
     if result.errors or state == "failed":
         lines += ["", f"Details of every rejected row: results/{result.run_id}.errors.csv"]
+    if result.missing:
+        lines += ["", f"The missing students: results/{result.run_id}.missing.csv"]
     return "\n".join(lines) + "\n"
 
 
@@ -108,16 +137,24 @@ def _file_line(file: FileFacts | None) -> str:
     return f"File:         {file.name}, {file.bytes} bytes, SHA-256 {file.sha256}"
 
 
+RESULT_MODE = 0o640
+"""Result files: the server's user and its group (operators), whatever the umask (SPEC §3.2)."""
+
+
 def atomic_write(path: Path, text: str) -> None:
     """Write via a temp file in the same folder, fsync, then rename over `path`.
 
     The temp name starts with `.eams-`, which the SFTP listing hides, and a
     failed write (a full disk) removes it: a district never sees half a file.
+    The file is RESULT_MODE from its creation on (fchmod: the umask cannot widen
+    or narrow it).
     """
     path.parent.mkdir(parents=True, exist_ok=True)
     temp = path.with_name(f".eams-tmp-{path.name}.{os.getpid()}")
     try:
-        with open(temp, "w", encoding="utf-8", newline="") as handle:
+        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, RESULT_MODE)
+        with open(fd, "w", encoding="utf-8", newline="") as handle:
+            os.fchmod(fd, RESULT_MODE)
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
@@ -132,14 +169,20 @@ def write_results(
     result: RunResult,
     district_name: str,
     errors: Iterable[PlannedError],
+    missing: Sequence[Student] = (),
 ) -> list[Path]:
-    """Write `<run_id>.result.json`, `.result.txt` and, when needed, `.errors.csv`."""
+    """Write `<run_id>.result.json`, `.result.txt` and, when needed, `.errors.csv` and
+    `.missing.csv`."""
     run_id = result.run_id
     written = []
     errors = list(errors)
     if errors:
         path = results_dir / f"{run_id}.errors.csv"
         atomic_write(path, render_errors_csv(errors))
+        written.append(path)
+    if missing:
+        path = results_dir / f"{run_id}.missing.csv"
+        atomic_write(path, render_missing_csv(missing))
         written.append(path)
     for suffix, text in (
         ("result.txt", render_result_txt(result, district_name)),

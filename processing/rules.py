@@ -4,6 +4,7 @@
 - `restates`: when a row only restates its stored student ("unchanged");
 - `duplicate_error`: a Student ID on several rows (§5.1);
 - `guard_reason`: the deactivation guard (§5.4);
+- `present_id`, `missing_students`, `deactivated_for_absence`: full-roster sync (§5.6);
 - `normalize_grade`: what a grade is (§4), for rows and for config alike.
 
 Every cell of the §5 table is one branch of `decide`, so each is a plain unit
@@ -18,7 +19,7 @@ regular order) is "a regular order" from the target's point of view.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Container, Iterable
 from enum import StrEnum
 from typing import NamedTuple
 
@@ -245,12 +246,21 @@ def duplicate_error(student_id: str, lines: list[int]) -> RowError:
 GUARD_MINIMUM = 25  # SPEC §5.4: never hold a run that deactivates 25 students or fewer
 
 
-def guard_reason(deactivating: int, active: int, guard: float) -> str | None:
+def guard_reason(
+    deactivating: int, active: int, guard: float, *, empty_full_sync: bool = False
+) -> str | None:
     """SPEC §5.4, the deactivation guard: why a run must be held, or None.
 
-    `deactivating` is how many active students the run would deactivate,
-    `active` how many the district has before it, `guard` the district's
-    `deactivation_guard` share."""
+    `deactivating` is how many active students the run would deactivate (D
+    rows and, in full sync, missing students), `active` how many the district
+    has before it, `guard` the district's `deactivation_guard` share. A full
+    sync file with no rows at all is always held (§5.6): it would empty the
+    district, whatever its size."""
+    if empty_full_sync:
+        return (
+            f"the file has no student rows: in full sync it would deactivate every one of the "
+            f"district's {active} active students. An empty SIS extract looks like this."
+        )
     if deactivating <= GUARD_MINIMUM or deactivating <= guard * active:
         return None
     share = deactivating / active if active else 1.0
@@ -259,3 +269,28 @@ def guard_reason(deactivating: int, active: int, guard: float) -> str | None:
         f"({share:.0%}), more than the deactivation guard of {guard:.0%}. "
         "A partial or broken SIS extract looks like this."
     )
+
+
+# ---- full-roster sync (SPEC §5.6) ------------------------------------------------------------
+
+
+def present_id(fields: tuple[str, ...]) -> str | None:
+    """The Student ID a row names, trimmed; None when empty. Any row counts, rejected
+    ones too: a typo elsewhere in the row must not deactivate the student."""
+    student_id = fields[1].strip() if len(fields) > 1 else ""
+    return student_id or None
+
+
+def missing_students(students: Iterable[Student], present: Container[str]) -> list[Student]:
+    """The active students (on any order) whose Student ID is on no row of the file,
+    in Student ID order."""
+    return sorted(
+        (s for s in students if s.active and s.student_id not in present),
+        key=lambda s: s.student_id,
+    )
+
+
+def deactivated_for_absence(student: Student) -> Student:
+    """A missing student after full sync: deactivated, on the order it was on (its
+    license goes back to that order; a regular order's student stays there)."""
+    return student._replace(active=False)

@@ -38,6 +38,7 @@ from processing.model import (
     QueuedEmail,
     RunRecord,
     RunResult,
+    Student,
     UploadJob,
     format_run_id,
     utc_now,
@@ -61,6 +62,7 @@ class RunOutcome:
     record: RunRecord
     result: RunResult
     errors: tuple[PlannedError, ...]
+    missing: tuple[Student, ...] = ()  # full sync: deactivated (or would be) for absence
 
 
 @frozen
@@ -121,6 +123,8 @@ class Runner:
         """Decide the run against the district's current state; nothing is written."""
         district = self.config.district(record.district_id)
         target = record.order_id or district.order.id
+        # `eams process --order` loads part of a district: it never deactivates (SPEC §5.6).
+        sync = "full" if district.sync == "full" and record.order_id is None else "delta"
         context = RunContext(
             path=Path(record.spool_path or ""),
             max_bytes=self.config.server.max_upload_bytes,
@@ -130,6 +134,7 @@ class Runner:
             digest=self.passwords.line_digest(
                 digest_context(target, district.school_codes, district.grades)
             ),
+            full_sync=sync == "full",
         )
         facts = await asyncio.to_thread(file_facts, context.path, record.source)
         try:
@@ -144,6 +149,7 @@ class Runner:
                 counts=Counts(),
                 licenses=orders[target],
                 file=facts,
+                sync=sync,
                 file_error=FileError(str(problem.code), problem.message),
             )
             errors = (PlannedError(None, problem.code, problem.message, ()),)
@@ -154,7 +160,10 @@ class Runner:
             None
             if record.state == "approved"
             else guard_reason(
-                plan.counts.deactivated, plan.active_before, district.deactivation_guard
+                plan.counts.deactivated,
+                plan.active_before,
+                district.deactivation_guard,
+                empty_full_sync=sync == "full" and plan.counts.rows == 0,
             )
         )
         state = "held" if held_reason else "done"
@@ -165,11 +174,13 @@ class Runner:
             counts=plan.counts,
             licenses=decided.orders[target],
             file=facts,
+            sync=sync,
             held_reason=held_reason,
         )
         applies = state == "done" and not record.dry_run
         write = await self._district_write(decided) if applies else None
-        return self._decision(district, RunOutcome(record, result, tuple(plan.errors)), write)
+        outcome = RunOutcome(record, result, tuple(plan.errors), tuple(plan.missing))
+        return self._decision(district, outcome, write)
 
     def _decision(
         self, district: District, outcome: RunOutcome, write: DistrictWrite | None
@@ -201,6 +212,7 @@ class Runner:
             outcome.record,
             result=outcome.result,
             errors=outcome.errors,
+            missing=outcome.missing,
             emails=decision.emails,
             write=decision.write,
         )
@@ -210,7 +222,7 @@ class Runner:
     async def publish(self, outcome: RunOutcome) -> None:
         """After the commit: result files, the spool copy removed, listeners told."""
         record, result = outcome.record, outcome.result
-        await self._write_results(record, result, outcome.errors)
+        await self._write_results(record, result, outcome.errors, outcome.missing)
         if result.state != "held" and record.spool_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(record.spool_path)
@@ -229,17 +241,29 @@ class Runner:
         )
 
     async def _write_results(
-        self, record: RunRecord, result: RunResult, errors: Sequence[PlannedError] | None
+        self,
+        record: RunRecord,
+        result: RunResult,
+        errors: Sequence[PlannedError] | None,
+        missing: Sequence[Student] | None,
     ) -> bool:
-        """Write a run's result files off the event loop (fsync), then mark them written."""
+        """Write a run's result files off the event loop (fsync), then mark them written.
+        Errors and missing students not given are read back from the database."""
         district = self.config.districts.get(record.district_id)
         if district is None:
             return False
         if errors is None:
             errors = await self.store.run_errors(record.district_id, record.run_id)
+        if missing is None:
+            missing = await self.store.run_missing(record.district_id, record.run_id)
         try:
             await asyncio.to_thread(
-                write_results, self.results_dir(record.district_id), result, district.name, errors
+                write_results,
+                self.results_dir(record.district_id),
+                result,
+                district.name,
+                errors,
+                missing,
             )
         except OSError as exc:
             # The run is committed; the files are written from the database at the next start.
@@ -266,7 +290,9 @@ class Runner:
         """
         rewritten = 0
         for record in await self.store.runs_without_results():
-            if record.result is not None and await self._write_results(record, record.result, None):
+            if record.result is not None and await self._write_results(
+                record, record.result, None, None
+            ):
                 rewritten += 1
         return rewritten
 
@@ -308,6 +334,7 @@ def run_result(
     counts: Counts,
     licenses: OrderTally,
     file: FileFacts,
+    sync: str,
     file_error: FileError | None = None,
     held_reason: str | None = None,
 ) -> RunResult:
@@ -329,8 +356,8 @@ def run_result(
         errors=counts.errors,
         file_error=file_error,
         licenses=Licenses(licenses.id, licenses.licenses, licenses.used, licenses.available),
-        sync="delta",
-        missing=0,
+        sync=sync,
+        missing=counts.missing,
         dry_run=record.dry_run,
         file=file,
         held_reason=held_reason,

@@ -67,6 +67,7 @@ class Counts:
     deactivated: int = 0
     transferred: int = 0
     errors: int = 0
+    missing: int = 0  # full sync (SPEC §5.6): deactivated for being absent; not rows
 
 
 @frozen
@@ -136,6 +137,7 @@ class RunResult:
             self.deactivated,
             self.transferred,
             self.errors,
+            self.missing,
         )
 
     def to_json(self) -> dict[str, Any]:

@@ -15,6 +15,7 @@ from processing.model import (
     QueuedEmail,
     RunRecord,
     RunResult,
+    Student,
     UploadJob,
     error_code,
     format_run_id,
@@ -176,6 +177,17 @@ class RunsTable(Connection):
             raise Conflict(f"run {run.run_id} is no longer {expect}")
 
     @serialized
+    async def run_missing(self, district_id: str, run_id: str) -> list[Student]:
+        """The students a full-sync run deactivated (or would have) for being absent."""
+        rows = await self.db.execute_fetchall(
+            "SELECT student_id, school_code, first_name, last_name, grade, username, "
+            "class_name FROM run_missing WHERE district_id = ? AND run_id = ? ORDER BY pos",
+            (district_id, run_id),
+        )
+        # Only what missing.csv shows was kept: not the order, the state or the password.
+        return [Student(r[0], r[1], r[2], r[3], r[4], r[5], r[6], True, "", None) for r in rows]
+
+    @serialized
     async def run_errors(self, district_id: str, run_id: str) -> list[PlannedError]:
         rows = await self.db.execute_fetchall(
             "SELECT line, code, message, run_values FROM run_errors "
@@ -197,6 +209,7 @@ class RunsTable(Connection):
         result: RunResult,
         errors: Sequence[PlannedError],
         emails: Sequence[QueuedEmail],
+        missing: Sequence[Student] = (),
         write: DistrictWrite | None = None,
     ) -> None:
         """Write a run's record, errors and emails, and (when it applies) its students and
@@ -246,6 +259,32 @@ class RunsTable(Connection):
                             for pos, e in enumerate(errors)
                         ],
                     )
+                await self.db.execute(
+                    "DELETE FROM run_missing WHERE district_id = ? AND run_id = ?",
+                    (run.district_id, run.run_id),
+                )
+                if missing:
+                    await self.db.executemany(
+                        "INSERT INTO run_missing (district_id, run_id, pos, student_id, "
+                        "school_code, first_name, last_name, grade, username, class_name) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        [
+                            (run.district_id, run.run_id, pos, *_missing_values(s))
+                            for pos, s in enumerate(missing)
+                        ],
+                    )
                 await insert_emails(self.db, run.district_id, run.run_id, emails)
         except sqlite3.IntegrityError as exc:  # rolled back by the door
             raise Conflict(f"a constraint failed while writing run {run.run_id}: {exc}") from exc
+
+
+def _missing_values(student: Student) -> tuple[str, ...]:
+    return (
+        student.student_id,
+        student.school_code,
+        student.first_name,
+        student.last_name,
+        student.grade,
+        student.username,
+        student.class_name,
+    )

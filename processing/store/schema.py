@@ -135,6 +135,24 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE students ADD COLUMN line_digest BLOB;
     """,
+    # 6: full sync (SPEC §5.6): the students a run deactivated, or would have, for being
+    # absent from the file, as they were stored (missing.csv, the web console, the API)
+    """
+    CREATE TABLE run_missing (
+        district_id TEXT NOT NULL,
+        run_id TEXT NOT NULL,
+        pos INTEGER NOT NULL,
+        student_id TEXT NOT NULL,
+        school_code TEXT NOT NULL,
+        first_name TEXT NOT NULL,
+        last_name TEXT NOT NULL,
+        grade TEXT NOT NULL,
+        username TEXT NOT NULL,
+        class_name TEXT NOT NULL,
+        PRIMARY KEY (district_id, run_id, pos),
+        FOREIGN KEY (district_id, run_id) REFERENCES runs(district_id, run_id)
+    );
+    """,
 )
 
 

@@ -226,6 +226,18 @@ class StudentsTable(Connection):
         return KnownLines(version, orders, digests)
 
     @serialized
+    async def active_student_ids(self, district_id: str) -> set[str]:
+        """The district's active students, on any order (full sync, SPEC §5.6)."""
+        cursor = await self.db.execute(
+            "SELECT student_id FROM students WHERE district_id = ? AND active = 1",
+            (district_id,),
+        )
+        cursor.row_factory = None
+        ids = {row[0] for row in await cursor.fetchall()}
+        await cursor.close()
+        return ids
+
+    @serialized
     async def usernames_elsewhere(self, district_id: str, keys: Iterable[str]) -> frozenset[str]:
         """Which of these lower-cased usernames belong to students of other districts."""
         taken: set[str] = set()
