@@ -22,10 +22,10 @@ serve: install
 test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy server processing
+	$(BIN)/mypy server processing bench tests
 	$(BIN)/pytest -q
 
 lint: install-test
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy server processing
+	$(BIN)/mypy server processing bench tests

@@ -47,7 +47,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import threading
@@ -58,9 +57,10 @@ from pathlib import Path
 from typing import Any
 
 import asyncssh
-from sftp_servers import LOOPBACK, VENV_BIN, EamsProcess, SftpClient, generate_key, tail
+from sftp_servers import LOOPBACK, EamsProcess, SftpClient, generate_key, tail
 
-HEADER = "School Code,Student ID,First Name,Last Name,Grade,Username,Password,Class Name,Status"
+from tests.factories import password_hash, roster, student, write_csv
+
 DISTRICTS = 100
 PASSWORD = "load-bench-pw-2026"
 SCHOOLS = ("0101", "0102")
@@ -92,27 +92,11 @@ def uses_password(district_id: str) -> bool:
 # ---- server side: config, RSS/CPU sampling ---------------------------------------------
 
 
-def password_config(eams: EamsProcess) -> None:
-    """Even districts: replace the key line by a password_hash (one scrypt hash for all)."""
-    done = subprocess.run(
-        [str(VENV_BIN / "eams"), "hash-password"],
-        input=PASSWORD + "\n",
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=True,
-    )
-    digest = done.stdout.strip().splitlines()[-1].strip()
-    if digest.startswith("password_hash"):
-        digest = digest.split("=", 1)[1].strip().strip('"')
-    lines, current = [], ""
-    for line in eams.config.read_text().splitlines():
-        if line.startswith("[districts.") and not line.startswith("[[") and "." not in line[11:-1]:
-            current = line[len("[districts.") : -1]
-        if line.startswith("authorized_keys") and current and uses_password(current):
-            line = f'password_hash = "{digest}"'
-        lines.append(line)
-    eams.config.write_text("\n".join(lines) + "\n")
+def passwords() -> dict[str, str]:
+    """Even districts log in with a password: their `password_hash` (one scrypt for all)."""
+    digest = password_hash(PASSWORD)
+    ids = (f"d{i:03d}" for i in range(1, DISTRICTS + 1))
+    return {district_id: digest for district_id in ids if uses_password(district_id)}
 
 
 class Sampler:
@@ -290,15 +274,22 @@ class Roster:
         self.district_id, self.tag, self.rng = district_id, tag, rng
         self.students: dict[int, Student] = {}
 
-    def row(self, n: int, s: Student) -> str:
-        return (
-            f"{s.school},{self.tag.upper()}{n:06d},First{n},Last{n},{s.grade},"
-            f"{self.district_id}.{self.tag}.{n},{s.password},{s.klass},{s.status}\r\n"
+    def row(self, n: int, s: Student) -> list[str]:
+        return student(
+            f"{self.tag.upper()}{n:06d}",
+            s.status,
+            school=s.school,
+            first=f"First{n}",
+            last=f"Last{n}",
+            grade=s.grade,
+            username=f"{self.district_id}.{self.tag}.{n}",
+            password=s.password,
+            class_name=s.klass,
         )
 
     def next_file(self, rows: int, churn: bool = True) -> bytes:
         rng = self.rng
-        out = [HEADER + "\r\n"]
+        out = []
         for n in range(1, rows + 1):
             s = self.students.get(n)
             if s is None:
@@ -322,7 +313,7 @@ class Roster:
                 elif r < 0.11:
                     s.password = f"Pw-{rng.randrange(10**8):08d}"
             out.append(self.row(n, s))
-        return "".join(out).encode()
+        return roster(out)
 
 
 async def connect_all(clients: list[Client], stats: Stats) -> list[Client]:
@@ -432,20 +423,22 @@ async def phase1(
 
 
 def write_big(path: Path, district_id: str, rows: int) -> Path:
-    with open(path, "w", encoding="utf-8", newline="") as out:
-        out.write(HEADER + "\r\n")
-        batch = []
-        for n in range(1, rows + 1):
-            status = "A" if n <= BIG_ACTIVE else "X"
-            batch.append(
-                f"{SCHOOLS[n % 2]},B{n:07d},First{n},Last{n},{GRADES[n % 13]},"
-                f"{district_id}.b{n},Pw-{n:07d},Room {n % 30},{status}\r\n"
-            )
-            if len(batch) == 10_000:
-                out.write("".join(batch))
-                batch.clear()
-        out.write("".join(batch))
-    return path
+    """The first BIG_ACTIVE rows A, the rest X: a real first load within 5000 licenses."""
+    return write_csv(path, (big_row(district_id, n) for n in range(1, rows + 1)))
+
+
+def big_row(district_id: str, n: int) -> list[str]:
+    return student(
+        f"B{n:07d}",
+        "A" if n <= BIG_ACTIVE else "X",
+        school=SCHOOLS[n % 2],
+        first=f"First{n}",
+        last=f"Last{n}",
+        grade=GRADES[n % 13],
+        username=f"{district_id}.b{n}",
+        password=f"Pw-{n:07d}",
+        class_name=f"Room {n % 30}",
+    )
 
 
 async def small_loop(
@@ -675,8 +668,7 @@ def main() -> int:
     try:
         key_path = tmp / "client_ed25519"
         public_key = generate_key(key_path, "eams-load")
-        eams = EamsProcess(tmp / "eams", public_key, DISTRICTS)
-        password_config(eams)
+        eams = EamsProcess(tmp / "eams", public_key, DISTRICTS, passwords=passwords())
         big = tmp / "big.csv"
         if not args.skip_phase2:
             progress(f"writing the {args.big_rows:,}-row file")

@@ -49,7 +49,8 @@ from pathlib import Path
 
 from sftp_servers import EamsProcess, ReferenceSshd, SftpClient, ensure_sshd, generate_key
 
-HEADER = "School Code,Student ID,First Name,Last Name,Grade,Username,Password,Class Name,Status"
+from tests.factories import csv_text, student, write_csv
+
 NOT_THE_HEADER = "Bench Payload,Student ID,First Name,Last Name,Grade,Username,Password,Class,Flag"
 UPLOAD_BYTES = 100_000_000
 TINY_BYTES = 100
@@ -66,31 +67,27 @@ TARGET_SMALL_DURING_BIG = 1.0  # seconds, median
 # ---- files ---------------------------------------------------------------------------
 
 
-def student_row(district_id: str, n: int) -> str:
-    school = "0101" if n % 2 else "0102"
-    grade = str(3 + n % 6)
-    return (
-        f"{school},S{n:07d},First{n},Last{n},{grade},{district_id}.u{n},"
-        f"Pw-{n:07d},Room {n % 30},A\r\n"
+def student_row(district_id: str, n: int) -> list[str]:
+    return student(
+        f"S{n:07d}",
+        school="0101" if n % 2 else "0102",
+        first=f"First{n}",
+        last=f"Last{n}",
+        grade=str(3 + n % 6),
+        username=f"{district_id}.u{n}",
+        password=f"Pw-{n:07d}",
+        class_name=f"Room {n % 30}",
     )
 
 
 def write_roster(path: Path, district_id: str, rows: int) -> Path:
-    with open(path, "w", encoding="utf-8", newline="") as out:
-        out.write(HEADER + "\r\n")
-        batch: list[str] = []
-        for n in range(1, rows + 1):
-            batch.append(student_row(district_id, n))
-            if len(batch) == 10_000:
-                out.write("".join(batch))
-                batch.clear()
-        out.write("".join(batch))
-    return path
+    return write_csv(path, (student_row(district_id, n) for n in range(1, rows + 1)))
 
 
 def write_upload_payload(path: Path, size: int) -> Path:
     """`size` bytes of CSV: template-like rows under a header our server rejects."""
-    block = "".join(student_row("payload", n) for n in range(1, 20_001)).encode()
+    rows = (student_row("payload", n) for n in range(1, 20_001))
+    block = csv_text(rows, header=False).encode()
     with open(path, "wb") as out:
         out.write((NOT_THE_HEADER + "\r\n").encode())
         while out.tell() + len(block) <= size:
@@ -103,7 +100,7 @@ def write_upload_payload(path: Path, size: int) -> Path:
 
 def write_tiny(path: Path) -> Path:
     """Exactly 100 bytes: the template header and blank lines (a valid file of 0 rows)."""
-    head = (HEADER + "\r\n").encode()
+    head = csv_text([]).encode()
     path.write_bytes(head + b"\r\n" * ((TINY_BYTES - len(head)) // 2) + b"\n" * (len(head) % 2))
     assert path.stat().st_size == TINY_BYTES
     return path

@@ -18,8 +18,11 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from tests.factories import District, config_toml
 
 ROOT = Path(__file__).resolve().parent.parent
 VENV_BIN = ROOT / ".venv" / "bin"
@@ -152,10 +155,17 @@ class ReferenceSshd:
 
 
 class EamsProcess:
-    """`eams serve` with a generated config of `districts` districts sharing one key."""
+    """`eams serve` with a generated config of `districts` districts sharing one key
+    (the districts in `passwords` log in with that password hash instead)."""
 
     def __init__(
-        self, folder: Path, public_key: str, districts: int, command: Path | None = None
+        self,
+        folder: Path,
+        public_key: str,
+        districts: int,
+        command: Path | None = None,
+        *,
+        passwords: Mapping[str, str] | None = None,
     ) -> None:
         self.folder = folder
         self.command = command or VENV_BIN / "eams"
@@ -165,7 +175,7 @@ class EamsProcess:
         self.district_ids = [f"d{i:03d}" for i in range(1, districts + 1)]
         folder.mkdir(parents=True, exist_ok=True)
         self.config = folder / "config.toml"
-        self.config.write_text(render_config(self.district_ids, public_key))
+        self.config.write_text(render_config(self.district_ids, public_key, passwords or {}))
 
     def home(self, district_id: str) -> Path:
         return self.folder / "homes" / district_id
@@ -196,46 +206,34 @@ class EamsProcess:
         return stop_process(self.proc, 180)
 
 
-def render_config(district_ids: list[str], public_key: str) -> str:
-    lines = [
-        "[server]",
-        f'listen = "{LOOPBACK}"',
-        "port = 2222",
-        'host_keys = "host_keys"',
-        'homes = "homes"',
-        'data = "data"',
-        "ftp_refusal_port = 0",
-        "max_upload_mb = 200",
-        "login_attempts = 5",
-        "ban_minutes = 15",
-        "results_retention_days = 90",
-        "",
-        "[operators]",
-        'notify = ["support@bench.example"]',
-        "",
+def render_config(district_ids: list[str], public_key: str, passwords: Mapping[str, str]) -> str:
+    """config.toml: districts d001.. with schools 0101/0102 and 5000 Enterprise licenses."""
+    server = {
+        "listen": LOOPBACK,
+        "port": 2222,
+        "host_keys": "host_keys",
+        "homes": "homes",
+        "data": "data",
+        "ftp_refusal_port": 0,
+        "max_upload_mb": 200,
+        "login_attempts": 5,
+        "ban_minutes": 15,
+        "results_retention_days": 90,
+    }
+    districts = [
+        District(
+            district_id,
+            f"Bench District {district_id}",
+            (f"ENT-{district_id.upper()}", 5000),
+            password_hash=passwords.get(district_id),
+            authorized_keys=() if district_id in passwords else (public_key,),
+            notify=(f"sis@{district_id}.bench.example",),
+            settings={"schedule": "on-upload"},
+            schools=tuple((code, f"School {code}") for code in SCHOOLS),
+        )
+        for district_id in district_ids
     ]
-    for district_id in district_ids:
-        lines += [
-            f"[districts.{district_id}]",
-            f'name = "Bench District {district_id}"',
-            f'username = "{district_id}"',
-            f'authorized_keys = ["{public_key}"]',
-            f'notify = ["sis@{district_id}.bench.example"]',
-            'schedule = "on-upload"',
-            "",
-            f"[districts.{district_id}.order]",
-            f'id = "ENT-{district_id.upper()}"',
-            "licenses = 5000",
-            "",
-        ]
-        for code in SCHOOLS:
-            lines += [
-                f"[[districts.{district_id}.schools]]",
-                f'code = "{code}"',
-                f'name = "School {code}"',
-                "",
-            ]
-    return "\n".join(lines)
+    return config_toml(server, districts, operators=["support@bench.example"])
 
 
 @dataclass

@@ -1,8 +1,8 @@
 """Throughput and memory benchmark of `eams process` (SPEC §4-§6). It prints figures.
 
-    .venv/bin/python bench/processing.py --rows 100000
-    .venv/bin/python bench/processing.py --rows 500000
-    .venv/bin/python bench/processing.py --rows 100000 --profile c
+    .venv/bin/python bench/throughput.py --rows 100000
+    .venv/bin/python bench/throughput.py --rows 500000
+    .venv/bin/python bench/throughput.py --rows 100000 --profile c
 
 In a temporary folder it generates one district's students.csv (about 40
 schools with leading-zero codes, accented and varied names, grades K-12,
@@ -32,13 +32,6 @@ code and aiosqlite's connection thread) and prints the top entries by tottime.
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
-# This file is named like the package it measures: without the project root
-# ahead of bench/ on sys.path, `import processing` would import this file.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
 import argparse
 import asyncio
 import cProfile
@@ -54,25 +47,29 @@ import random
 import resource
 import shutil
 import sqlite3
+import sys
 import tempfile
 import time
 import unicodedata
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ParamSpec, TypeVar
 
 import aiosqlite
 
+import processing.deciding as deciding_module
 import processing.runner as runner_module
-import processing.store as store_module
+import processing.store.runs as store_runs_module
+import processing.store.students as store_module
 from processing.config import Config
 from processing.jobs import UploadJob, spool_copy
-from processing.model import TEMPLATE_COLUMNS
+from processing.model import utc_now
 from processing.passwords import StudentPasswords
 from processing.runner import Runner
-from processing.store import Store, utc_now
-from server.accounts import hash_password
+from processing.store import Store
+from tests.factories import District, config_toml, password_hash, student, write_csv
 
 P = ParamSpec("P")
 T = TypeVar("T")
@@ -195,17 +192,17 @@ class Roster:
         grade = rng.choice(school.grades)
         first, last = rng.choice(FIRST_NAMES), self.last_name()
         password = "".join(rng.choices(PASSWORD_ALPHABET, k=rng.randint(8, 12)))
-        return [
-            school.code,
+        return student(
             student_id,
-            first,
-            last,
-            grade_text(rng, grade),
-            self.username(first, last),
-            password,
-            class_name(rng, school, grade),
             "A",
-        ]
+            school=school.code,
+            first=first,
+            last=last,
+            grade=grade_text(rng, grade),
+            username=self.username(first, last),
+            password=password,
+            class_name=class_name(rng, school, grade),
+        )
 
     def change(self, row: list[str], kind: int) -> list[str]:
         """A copy of `row` with a real change: first name, last name, grade or school."""
@@ -239,44 +236,26 @@ class Workload:
     size_bytes: int
 
 
-def write_csv(path: Path, rows: list[list[str]]) -> None:
-    with path.open("w", encoding="utf-8", newline="") as handle:
-        writer = csv.writer(handle, lineterminator="\r\n")
-        writer.writerow(TEMPLATE_COLUMNS)
-        writer.writerows(rows)
-
-
 def write_config(folder: Path, schools: list[School], licenses: int) -> Path:
-    lines = [
-        "[server]",
-        'listen = "127.0.0.1"',
-        "port = 2222",
-        'host_keys = "host_keys"',
-        'homes = "homes"',
-        'data = "data"',
-        "ftp_refusal_port = 0",
-        "max_upload_mb = 1024",
-        "",
-        "[operators]",
-        'notify = ["support@myaccess.example"]',
-        "",
-        f"[districts.{DISTRICT}]",
-        'name = "Benchmark Unified School District"',
-        f'username = "{DISTRICT}"',
-        f'password_hash = "{hash_password("bench-sftp-password")}"',
-        'notify = ["sis-admin@bench.k12.example"]',
-        'schedule = "on-upload"',
-        "stale_after_hours = 0",
-        "",
-        f"[districts.{DISTRICT}.order]",
-        f'id = "{ORDER}"',
-        f"licenses = {licenses}",
-    ]
-    for school in schools:
-        lines += ["", f"[[districts.{DISTRICT}.schools]]"]
-        lines += [f'code = "{school.code}"', f'name = "{school.name}"']
+    server = {
+        "listen": "127.0.0.1",
+        "port": 2222,
+        "host_keys": "host_keys",
+        "homes": "homes",
+        "data": "data",
+        "ftp_refusal_port": 0,
+        "max_upload_mb": 1024,
+    }
+    district = District(
+        DISTRICT,
+        "Benchmark Unified School District",
+        (ORDER, licenses),
+        password_hash=password_hash("bench-sftp-password"),
+        settings={"schedule": "on-upload", "stale_after_hours": 0},
+        schools=tuple((school.code, school.name) for school in schools),
+    )
     path = folder / "config.toml"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path.write_text(config_toml(server, [district]), encoding="utf-8")
     return path
 
 
@@ -334,7 +313,7 @@ class PhaseResult:
     key: str
     seconds: float
     steps: dict[str, float]
-    result: dict[str, Any]
+    result: dict[str, Any]  # result.json
     active: int
     used: int
     violations: list[str]
@@ -390,8 +369,13 @@ def instrument() -> None:
     if _instrumented:
         return
     _instrumented = True
-    for name in ("_scan_pass", "_decide_pass", "_student_rows", "write_results"):
-        setattr(runner_module, name, _timed(name.strip("_"), getattr(runner_module, name)))
+    for module, name, label in (
+        (deciding_module, "_scan_paused", "scan_pass"),
+        (deciding_module, "_decide_pass", "decide_pass"),
+        (store_runs_module, "student_rows", "student_rows"),
+        (runner_module, "write_results", "write_results"),
+    ):
+        setattr(module, name, _timed(label, getattr(module, name)))
     for name in (
         "enqueue_run",
         "load_digests",
@@ -451,7 +435,7 @@ async def run_phase_async(spec: PhaseSpec) -> PhaseResult:
             received_at=utc_now(),
             source=f"bench {spec.csv.name}",
         )
-        record = await runner.submit(job)
+        record = await runner.store.enqueue_run(job)
         outcome = await runner.run(record)
         seconds = time.perf_counter() - start
         if profilers:
@@ -470,7 +454,7 @@ async def run_phase_async(spec: PhaseSpec) -> PhaseResult:
         key=spec.key,
         seconds=seconds,
         steps=steps,
-        result=outcome.result,
+        result=outcome.result.to_json(),
         active=active,
         used=sum(o["used"] for o in orders),
         violations=violations,

@@ -1,19 +1,18 @@
 """Shared test helpers: a config.toml writer, an in-process `eams`, CSV writing, the invariant.
 
 Kept small and generic: import the helpers with `from tests.conftest import ...`,
-or use the `config_path` fixture for the default one-district config.
+or use the `config_path` fixture for the default one-district config. Rows, files,
+config text and the password hash come from tests/factories.py (the benches use it
+too) and are re-exported here under the names the test modules import.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import functools
 import io
 import json
 import os
 import sqlite3
-from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,7 +20,15 @@ from typing import TYPE_CHECKING, Any
 import pytest
 from hypothesis import settings
 
-from processing.model import TEMPLATE_COLUMNS
+from tests.factories import PASSWORD_MARK as PASSWORD_MARK
+from tests.factories import SCHOOLS as SCHOOLS
+from tests.factories import SFTP_PASSWORD as SFTP_PASSWORD
+from tests.factories import District, config_toml, server_table
+from tests.factories import csv_text as csv_text
+from tests.factories import password_hash as password_hash
+from tests.factories import pw as pw
+from tests.factories import student as student
+from tests.factories import write_csv as write_csv
 
 if TYPE_CHECKING:
     import asyncssh
@@ -38,16 +45,6 @@ ORDERS = {
     SHE: ("ENT-SHE-2026", "REG-SHE-1001"),
 }
 NAMES = {SPR: "Springfield Public Schools", SHE: "Shelbyville Unified"}
-SCHOOLS = (("0101", "Lincoln Elementary"), ("0102", "Roosevelt Middle"), ("0201", "Jefferson High"))
-SFTP_PASSWORD = "district-sftp-pw-2026"
-
-
-@functools.cache
-def password_hash() -> str:
-    """One scrypt per test session (it is deliberately slow)."""
-    from server.accounts import hash_password
-
-    return hash_password(SFTP_PASSWORD)
 
 
 def _per_district(value: Any, district_id: str) -> Any:
@@ -73,52 +70,32 @@ def make_config(tmp_path: Path, **overrides: Any) -> Path:
     extra = overrides.pop("extra_toml", "")
     if overrides:
         raise TypeError(f"unknown make_config overrides: {sorted(overrides)}")
-    q = json.dumps  # a JSON string is a valid TOML basic string
-    lines = [
-        "[server]",
-        'listen = "127.0.0.1"',
-        "port = 0",
-        "ftp_refusal_port = 0",
-        f"host_keys = {q(str(tmp_path / 'host_keys'))}",
-        f"homes = {q(str(tmp_path / 'homes'))}",
-        f"data = {q(str(tmp_path / 'data'))}",
-        f"max_upload_mb = {max_upload_mb}",
-        "",
-        "[operators]",
-        'notify = ["support@myaccess.example"]',
-    ]
+    tables = []
     for district_id in districts:
         enterprise, regular = ORDERS[district_id]
-        enterprise = _per_district(order_id, district_id) or enterprise
-        lines += [
-            "",
-            f"[districts.{district_id}]",
-            f"name = {q(NAMES[district_id])}",
-            f"username = {q(district_id)}",
-            f"password_hash = {q(password_hash())}",
-            f'notify = ["sis-admin@{district_id}.k12.example"]',
-        ]
+        keys: dict[str, Any] = {}
         district_grades = _per_district(grades, district_id)
         if district_grades is not None:
-            lines.append(f"grades = {json.dumps(list(district_grades))}")
+            keys["grades"] = list(district_grades)
         district_guard = _per_district(guard, district_id)
         if district_guard is not None:
-            lines.append(f"deactivation_guard = {district_guard}")
-        lines += [
-            "",
-            f"[districts.{district_id}.order]",
-            f"id = {q(enterprise)}",
-            f"licenses = {_per_district(licenses, district_id)}",
-            "",
-            f"[[districts.{district_id}.regular_orders]]",
-            f"id = {q(regular)}",
-            f"licenses = {_per_district(regular_licenses, district_id)}",
-        ]
-        for code, name in SCHOOLS:
-            lines += ["", f"[[districts.{district_id}.schools]]"]
-            lines += [f"code = {q(code)}", f"name = {q(name)}"]
+            keys["deactivation_guard"] = district_guard
+        tables.append(
+            District(
+                district_id,
+                NAMES[district_id],
+                (
+                    _per_district(order_id, district_id) or enterprise,
+                    _per_district(licenses, district_id),
+                ),
+                password_hash=password_hash(),
+                settings=keys,
+                regular_orders=((regular, _per_district(regular_licenses, district_id)),),
+            )
+        )
+    server = server_table(tmp_path, max_upload_mb=max_upload_mb)
     path = tmp_path / "config.toml"
-    path.write_text("\n".join(lines) + "\n" + extra, encoding="utf-8")
+    path.write_text(config_toml(server, tables) + extra, encoding="utf-8")
     return path
 
 
@@ -145,36 +122,6 @@ def eams_json(*args: str, config: Path | str) -> Any:
     return json.loads(out)
 
 
-def csv_text(
-    rows: Iterable[Sequence[str] | str], newline: str = "\r\n", header: bool = True
-) -> str:
-    """The template header (unless header=False) and rows; a str row is written verbatim."""
-    out = io.StringIO()
-    writer = csv.writer(out, lineterminator=newline)
-    if header:
-        writer.writerow(TEMPLATE_COLUMNS)
-    for row in rows:
-        if isinstance(row, str):
-            out.write(row + newline)
-        else:
-            writer.writerow(row)
-    return out.getvalue()
-
-
-def write_csv(
-    path: Path,
-    rows: Iterable[Sequence[str] | str] = (),
-    *,
-    encoding: str = "utf-8",
-    newline: str = "\r\n",
-    header: bool = True,
-) -> Path:
-    """Write a students.csv; encoding "utf-8-sig" adds a UTF-8 BOM, "utf-16" a UTF-16 one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(csv_text(rows, newline, header).encode(encoding))
-    return path
-
-
 async def run_bytes(
     runner: Any, data: bytes, *, order_id: str | None = None, dry_run: bool = False
 ) -> Any:
@@ -198,7 +145,7 @@ async def run_bytes(
         dry_run=dry_run,
         order_id=order_id,
     )
-    return await runner.run(await runner.submit(job))
+    return await runner.run(await runner.store.enqueue_run(job))
 
 
 def db_path(config_path: Path | str) -> Path:
@@ -338,7 +285,9 @@ class ServerHandle:
     def results(self, district_id: str = SPR, suffix: str = ".result.json") -> list[Path]:
         return sorted((self.home(district_id) / "results").glob(f"*{suffix}"))
 
-    def connect(self, username: str = SPR, password: str = SFTP_PASSWORD, **options: Any) -> Any:
+    def connect(
+        self, username: str = SPR, password: str | None = SFTP_PASSWORD, **options: Any
+    ) -> Any:
         """`asyncssh.connect` to this server (use `async with`)."""
         import asyncssh
 
@@ -401,38 +350,3 @@ async def spr(start_server: Any) -> ServerHandle:
     """The default server: springfield only, password and key logins."""
     handle: ServerHandle = await start_server()
     return handle
-
-
-# ---- students.csv rows shared by the test modules --------------------------------------
-
-PASSWORD_MARK = "Pw-"  # every generated student password starts with it: easy to grep for
-
-
-def pw(student_id: str) -> str:
-    """A distinctive password per student, easy to grep for."""
-    return f"{PASSWORD_MARK}{student_id}-q7Z"
-
-
-def student(
-    student_id: str,
-    status: str = "A",
-    *,
-    school: str = "0101",
-    first: str = "Ana",
-    last: str = "Lee",
-    grade: str = "5",
-    username: str | None = None,
-    password: str | None = None,
-    class_name: str = "Room 1",
-) -> list[str]:
-    return [
-        school,
-        student_id,
-        first,
-        last,
-        grade,
-        f"u{student_id}".lower() if username is None else username,
-        pw(student_id) if password is None else password,
-        class_name,
-        status,
-    ]

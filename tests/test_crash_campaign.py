@@ -1,6 +1,6 @@
 """Crash campaign, CI version: `kill -9` a real `eams serve` three times, restart, check.
 
-The campaign itself is `bench.crash.Campaign` (run `.venv/bin/python bench/crash.py
+The campaign itself is `tests.crash.Campaign` (run `.venv/bin/python bench/crash.py
 --cycles 20` for the long version; its docstring lists the kill points and checks).
 Here: three districts, a fixed seed, one cycle for each of three kill points -
 during an upload, during the result writing, with the emails queued while the
@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from bench.crash import Campaign, print_summary
+from tests.crash import Campaign, print_summary
 
 SEED = 20261128
 POINTS = ["mid-upload", "result-writing", "email-queued"]

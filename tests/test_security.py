@@ -37,6 +37,7 @@ import pytest
 
 from processing.passwords import StudentPasswords
 from server import jail
+from tests import factories
 from tests.conftest import (
     SFTP_PASSWORD,
     SHE,
@@ -53,7 +54,7 @@ from tests.conftest import (
 
 
 def roster(*rows: list[str] | str) -> bytes:
-    return csv_text(rows).encode("utf-8")
+    return factories.roster(rows)
 
 
 @pytest.fixture
@@ -504,7 +505,9 @@ P = STUDENT_PASSWORDS
 def student(
     sid: str, first: str, password: str, *, grade: str = "3", status: str = "A"
 ) -> list[str]:
-    return ["0101", sid, first, "Lee", grade, f"{first.lower()}{sid}", password, "Room 1", status]
+    return factories.student(
+        sid, status, first=first, grade=grade, username=f"{first.lower()}{sid}", password=password
+    )
 
 
 DAY_ONE = roster(
@@ -588,7 +591,7 @@ async def test_no_password_anywhere_after_a_realistic_day(
     # The day went as a district would expect (so the search below means something).
     assert [r.state for r in runs] == ["done", "done", "done", "done"]
     two = runs[1].result
-    assert two is not None and (two["added"], two["updated"], two["errors"]) == (1, 1, 8)
+    assert two is not None and (two.added, two.updated, two.errors) == (1, 1, 8)
     assert [code for code, _, _ in cli] == [0, 0, 0, 0]
     data = tmp_path / "data"
     emails = sorted((data / "outbox").glob("*.eml"))

@@ -6,12 +6,19 @@ import shutil
 import stat
 from pathlib import Path
 
-from tests.conftest import assert_invariant, eams, eams_json, make_config, write_csv
+from tests.conftest import assert_invariant, eams, eams_json, make_config, student, write_csv
 
 
 def rows(n: int, status: str = "A") -> list[list[str]]:
     return [
-        ["0101", f"S{i}", "Ana", f"Lee{i}", "3", f"user{i}", f"pw-{i}-secret", "Room 1", status]
+        student(
+            f"S{i}",
+            status,
+            last=f"Lee{i}",
+            grade="3",
+            username=f"user{i}",
+            password=f"pw-{i}-secret",
+        )
         for i in range(n)
     ]
 

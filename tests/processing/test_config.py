@@ -161,3 +161,46 @@ def test_an_operators_sender_is_refused_with_where_the_sender_is_set(tmp_path: P
         tmp_path, '[server]\n[operators]\nsender = "eams@example.org"\n' + DISTRICT
     )
     assert problems == ["operators.sender: not a setting: set the From address as [smtp] sender"]
+
+
+def test_web_and_operator_accounts_are_read_with_defaults(tmp_path: Path) -> None:
+    text = (
+        f'[server]\n[web]\nport = 0\n[operators.accounts.jdoe]\nname = "Jane Doe"\n'
+        f'password_hash = "{password_hash()}"\n' + DISTRICT
+    )
+    path = tmp_path / "config.toml"
+    path.write_text(text, encoding="utf-8")
+    config = Config.from_toml(path)
+    assert config.web is not None
+    assert (config.web.listen, config.web.port, config.web.session_minutes) == ("127.0.0.1", 0, 480)
+    assert config.web.metrics_allow == ("127.0.0.0/8", "::1/128") and not config.web.tls
+    assert config.operators["jdoe"].display_name == "Jane Doe"
+    assert config.district("springfield").web_login is True
+
+
+def test_web_and_account_problems_have_their_key_paths(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        '[server]\n[web]\nport = 70000\ntls_cert = "c.pem"\nmetrics_allow = ["nope"]\n'
+        '[operators.accounts.springfield]\npassword_hash = "scrypt$abc$x$y$zz$qq"\n'
+        '[operators.accounts.ops]\nname = "Ops"\n' + DISTRICT,
+    )
+    assert "web.port: must be between 0 and 65535 (0 = off)" in problems
+    assert "web.tls_cert: tls_cert and tls_key go together: set both or neither" in problems
+    assert "web.metrics_allow[0]: 'nope' is not a network (10.0.0.0/8)" in problems
+    assert any(p.startswith("operators.accounts.springfield.password_hash: ") for p in problems)
+    assert "operators.accounts.ops.password_hash: required: a value from `eams hash-password`" in (
+        problems
+    )
+
+
+def test_an_operator_named_like_a_district_login_is_refused(tmp_path: Path) -> None:
+    problems = problems_of(
+        tmp_path,
+        f'[server]\n[operators.accounts.SpringField]\npassword_hash = "{password_hash()}"\n'
+        + DISTRICT,
+    )
+    assert problems == [
+        "operators.accounts.SpringField: the name is district springfield's SFTP username: "
+        "an operator and a district must sign in with different names"
+    ]

@@ -71,13 +71,14 @@ def test_other_lines_are_parsed_as_misses_in_file_order() -> None:
         (4, "A ", ANN + " "),
     ]
     assert not found.all_unchanged
-    assert found.alone() is not None  # S1's two rows are both misses: the duplicate is found there
+    # S1's two rows are both misses: the duplicate is found there
+    assert found.rows_to_decide() is not None
 
 
 def test_misses_are_decided_alone_only_when_no_hit_shares_their_student() -> None:
     found = scan([ANN, "0101,S3,Cy,Day,5,cy,pw-33,,A"])
-    assert found.alone() is not None
-    assert scan([ANN, ANN]).alone() is None  # a duplicated unchanged line
+    assert found.rows_to_decide() is not None
+    assert scan([ANN, ANN]).rows_to_decide() is None  # a duplicated unchanged line
     assert not scan([ANN, ANN]).all_unchanged
 
 
@@ -94,7 +95,7 @@ def test_a_scan_with_too_many_misses_stops(monkeypatch: pytest.MonkeyPatch) -> N
     found = scan([ANN, "0101,S3,x,y,5,a3,pw-1,,A", "0101,S4,x,y,5,a4,pw-1,,A", "0101,S5,x"])
     assert not found.complete
     assert not found.all_unchanged
-    assert found.alone() is None
+    assert found.rows_to_decide() is None
     assert found.hits == {2: "S1"}  # what it found so far still hints the full path
 
 
@@ -162,9 +163,9 @@ class District:
             store.load_district = counted  # type: ignore[method-assign]
             load_students = store.load_students
 
-            async def counted_partial(*args: Any) -> Any:
+            async def counted_partial(*args: Any, **kwargs: Any) -> Any:
                 self.partial_loads += 1
-                return await load_students(*args)
+                return await load_students(*args, **kwargs)
 
             store.load_students = counted_partial  # type: ignore[method-assign]
             runner = Runner(config, store, StudentPasswords.from_data_dir(config.server.data))
@@ -174,7 +175,7 @@ class District:
             return {
                 "result": {
                     key: value
-                    for key, value in outcome.result.items()
+                    for key, value in outcome.result.to_json().items()
                     if key not in ("run_id", "received_at", "finished_at")
                 },
                 "errors": [(e.line, e.code, e.message, e.values) for e in outcome.errors],

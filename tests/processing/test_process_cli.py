@@ -15,6 +15,7 @@ import re
 import sqlite3
 import stat
 import zipfile
+from collections.abc import Iterator
 from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
@@ -158,7 +159,8 @@ def licenses(cfg: Path, district: str = SPR) -> dict[str, dict[str, Any]]:
 
 
 def runs(cfg: Path, *args: str) -> list[dict[str, Any]]:
-    return eams_json("runs", *args, config=cfg)
+    listed: list[dict[str, Any]] = eams_json("runs", *args, config=cfg)
+    return listed
 
 
 def codes_by_line(errors: list[dict[str, str]] | None) -> dict[str, set[str]]:
@@ -185,7 +187,7 @@ def check_result(run: Run, *, state: str = "done", **counts: Any) -> dict[str, A
 
 
 @pytest.fixture(autouse=True)
-def _invariant_at_teardown(tmp_path: Path):
+def _invariant_at_teardown(tmp_path: Path) -> Iterator[None]:
     yield
     config = tmp_path / "config.toml"
     if config.exists():

@@ -30,7 +30,7 @@ from processing.model import (
     Student,
 )
 from processing.passwords import StudentPasswords
-from processing.plan import build_plan, first_pass
+from processing.plan import build_plan, file_findings
 from processing.rules import restates
 from processing.runner import Runner
 from processing.store import Store
@@ -191,7 +191,7 @@ def test_build_plan_keeps_the_license_invariant(
     taken = taken - set(state.owners)  # a username lives in one district only
     # the line's text stands for itself: the "digest" is the text, to check below
     raws = [RawRow(line, fields, "\x1f".join(fields)) for line, fields in enumerate(rows, start=2)]
-    found = first_pass(raws)
+    found = file_findings(raws)
     plan = build_plan(
         raws,
         state,
@@ -290,7 +290,7 @@ async def _one_run(config_path: Path, data: bytes, order: str | None, dry_run: b
         await store.sync_config(config)
         runner = Runner(config, store, StudentPasswords.from_data_dir(config.server.data))
         outcome = await run_bytes(runner, data, order_id=order, dry_run=dry_run)
-        result: dict[str, Any] = outcome.result
+        result: dict[str, Any] = outcome.result.to_json()
         assert result["state"] in ("done", "failed")
         assert result["rows"] == (
             result["added"] + result["updated"] + result["unchanged"] + result["errors"]

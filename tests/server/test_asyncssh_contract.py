@@ -17,6 +17,7 @@ import textwrap
 from typing import Any
 
 import asyncssh
+import asyncssh.constants
 import asyncssh.sftp
 from asyncssh.sftp import SFTPServerHandler
 
@@ -44,7 +45,7 @@ def test_process_close_calls_server_close_and_is_the_close_handler() -> None:
     assert _calls_server_close(SFTPServerHandler._process_close)
     assert SFTPServerHandler._process_close.__name__ == EXPLICIT_CLOSE_CALLER
     handlers = SFTPServerHandler._packet_handlers
-    assert handlers[asyncssh.sftp.FXP_CLOSE] is SFTPServerHandler._process_close
+    assert handlers[asyncssh.constants.FXP_CLOSE] is SFTPServerHandler._process_close
 
 
 def test_cleanup_calls_server_close_for_handles_left_open() -> None:

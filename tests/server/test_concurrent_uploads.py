@@ -38,6 +38,6 @@ async def test_each_upload_is_processed_with_its_own_bytes(spr: ServerHandle) ->
     app: Any = spr.app
     await app.queue.wait_idle()
     processed = Counter(
-        r.result["rows"] for r in await app.store.list_runs(SPR) if r.result is not None
+        r.result.rows for r in await app.store.list_runs(SPR) if r.result is not None
     )
     assert processed == Counter(sizes["direct"] + sizes["filepart"])

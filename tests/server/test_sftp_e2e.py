@@ -27,7 +27,8 @@ import asyncssh
 import pytest
 
 import server.app
-from processing.store import RunRecord, Store
+from processing.model import RunRecord
+from processing.store import Store
 from server import jail
 from server.uploads import STAGING_PREFIX
 from tests.conftest import (
@@ -36,13 +37,13 @@ from tests.conftest import (
     SPR,
     ServerHandle,
     assert_invariant,
-    csv_text,
     eams_json,
     put_bytes,
     refused,
     server_config,
     wait_for,
 )
+from tests.factories import numbered_roster
 
 CLIENT_TIMEOUT = 30.0
 needs_openssh = pytest.mark.skipif(
@@ -52,15 +53,6 @@ needs_curl = pytest.mark.skipif(shutil.which("curl") is None, reason="curl not i
 
 
 # ---- helpers ------------------------------------------------------------------------------
-
-
-def student(n: int, *, status: str = "A", first: str = "Ann", school: str = "0101") -> list[str]:
-    return [school, f"S{n:05d}", first, f"Lee{n}", "3", f"user{n:05d}", "pw-1234", "", status]
-
-
-def roster(count: int, *, start: int = 1, status: str = "A", first: str = "Ann") -> bytes:
-    rows = [student(n, status=status, first=first) for n in range(start, start + count)]
-    return csv_text(rows).encode("utf-8")
 
 
 async def runs_of(handle: ServerHandle, district_id: str = SPR) -> list[RunRecord]:
@@ -156,7 +148,7 @@ async def two_districts(start_server: Any) -> ServerHandle:
 
 async def test_asyncssh_password_upload_is_processed(spr: ServerHandle, tmp_path: Path) -> None:
     source = tmp_path / "students.csv"
-    source.write_bytes(roster(3))
+    source.write_bytes(numbered_roster(3))
     async with spr.connect() as conn, conn.start_sftp_client() as sftp:
         await sftp.put(str(source), "students.csv")
         [run] = await processed(spr, 1)
@@ -180,7 +172,7 @@ async def test_asyncssh_password_upload_is_processed(spr: ServerHandle, tmp_path
 async def test_openssh_sftp_batch_with_key(
     spr: ServerHandle, tmp_path: Path, client_key: tuple[Path, str]
 ) -> None:
-    (tmp_path / "students.csv").write_bytes(roster(2))
+    (tmp_path / "students.csv").write_bytes(numbered_roster(2))
     batch = tmp_path / "batch"
     batch.write_text(
         f"put {tmp_path / 'students.csv'} students.csv\n"
@@ -211,7 +203,7 @@ async def test_openssh_scp_sftp_mode_exits_0_and_is_processed(
     spr: ServerHandle, tmp_path: Path, client_key: tuple[Path, str]
 ) -> None:
     source = tmp_path / "students.csv"
-    source.write_bytes(roster(4))
+    source.write_bytes(numbered_roster(4))
     code, _, err = await run_tool(
         "scp",
         *openssh_options(client_key[0]),
@@ -240,7 +232,7 @@ async def test_openssh_scp_sftp_mode_exits_0_and_is_processed(
 @needs_curl
 async def test_curl_sftp_upload_with_password(spr: ServerHandle, tmp_path: Path) -> None:
     source = tmp_path / "upload.csv"
-    source.write_bytes(roster(5))
+    source.write_bytes(numbered_roster(5))
     code, _, err = await run_tool(
         "curl",
         "-s",
@@ -259,8 +251,8 @@ async def test_curl_sftp_upload_with_password(spr: ServerHandle, tmp_path: Path)
 
 async def test_two_uploads_back_to_back_run_in_order(spr: ServerHandle) -> None:
     async with spr.connect() as conn, conn.start_sftp_client() as sftp:
-        await put_bytes(sftp, "students.csv", roster(3))
-        await put_bytes(sftp, "students.csv", roster(3, first="Bea"))
+        await put_bytes(sftp, "students.csv", numbered_roster(3))
+        await put_bytes(sftp, "students.csv", numbered_roster(3, first="Bea"))
     first, second = await processed(spr, 2)
     assert first.seq < second.seq and first.run_id < second.run_id
     assert result_json(spr, first)["added"] == 3
@@ -286,8 +278,8 @@ async def test_nightly_district_processes_every_upload_queued_before_its_time(
     offset = slot - timedelta(seconds=1.5) - datetime.now()
     handle.app.queue._local_now = lambda: datetime.now() + offset
     async with handle.connect() as conn, conn.start_sftp_client() as sftp:
-        await put_bytes(sftp, "students.csv", roster(2))
-        await put_bytes(sftp, "students.csv", roster(2, first="Bea"))
+        await put_bytes(sftp, "students.csv", numbered_roster(2))
+        await put_bytes(sftp, "students.csv", numbered_roster(2, first="Bea"))
     assert [r.state for r in await runs_of(handle)] == ["queued", "queued"]
     first, second = await processed(handle, 2)
     assert (result_json(handle, first)["added"], result_json(handle, second)["updated"]) == (2, 2)
@@ -295,7 +287,7 @@ async def test_nightly_district_processes_every_upload_queued_before_its_time(
 
 async def test_check_upload_is_a_dry_run(spr: ServerHandle) -> None:
     async with spr.connect() as conn, conn.start_sftp_client() as sftp:
-        await put_bytes(sftp, "check/students.csv", roster(3))
+        await put_bytes(sftp, "check/students.csv", numbered_roster(3))
     [run] = await processed(spr, 1)
     result = result_json(spr, run)
     assert result["dry_run"] is True
@@ -312,10 +304,10 @@ async def test_check_upload_is_a_dry_run(spr: ServerHandle) -> None:
 async def test_winscp_big_file_sequence_filepart_remove_rename_setstat(spr: ServerHandle) -> None:
     mtime = 1_700_000_000
     async with spr.connect() as conn, conn.start_sftp_client() as sftp:
-        await put_bytes(sftp, "students.csv", roster(1))  # a previous upload to REMOVE
+        await put_bytes(sftp, "students.csv", numbered_roster(1))  # a previous upload to REMOVE
         await processed(spr, 1)
         handle = await sftp.open("students.csv.filepart", "wb")
-        await handle.write(roster(200, first="Big"))
+        await handle.write(numbered_roster(200, first="Big"))
         await handle.close()
         assert len(await runs_of(spr)) == 1  # a .filepart close completes nothing
         if await sftp.exists("students.csv"):
@@ -333,7 +325,7 @@ async def test_winscp_big_file_sequence_filepart_remove_rename_setstat(spr: Serv
 
 async def test_posix_rename_of_a_temp_upload_completes_it(spr: ServerHandle) -> None:
     async with spr.connect() as conn, conn.start_sftp_client() as sftp:
-        await put_bytes(sftp, "check/students.csv.part", roster(2))
+        await put_bytes(sftp, "check/students.csv.part", numbered_roster(2))
         await sftp.posix_rename("check/students.csv.part", "check/students.csv")
     [run] = await processed(spr, 1)
     assert result_json(spr, run)["dry_run"] is True
@@ -346,9 +338,9 @@ async def test_writes_after_a_rename_cannot_change_the_acknowledged_upload(
     dead session of an upload resumed elsewhere) must not write into the spooled file."""
     async with spr.connect() as conn, conn.start_sftp_client() as sftp:
         stale = await sftp.open("students.csv.filepart", "wb")
-        await stale.write(roster(1))
+        await stale.write(numbered_roster(1))
         resumed = await sftp.open("students.csv.filepart", "r+b")
-        await resumed.write(roster(2), 0)
+        await resumed.write(numbered_roster(2), 0)
         await resumed.close()
         await sftp.rename("students.csv.filepart", "students.csv")
         message = await refused(stale.write(b"garbage", 0), asyncssh.SFTPFailure)
@@ -357,7 +349,7 @@ async def test_writes_after_a_rename_cannot_change_the_acknowledged_upload(
         await stale.close()
     [run] = await processed(spr, 1)
     assert result_json(spr, run)["added"] == 2
-    assert (spr.home() / "students.csv").read_bytes() == roster(2)
+    assert (spr.home() / "students.csv").read_bytes() == numbered_roster(2)
 
 
 async def test_winscp_small_file_sequence_setstat_pipelined_after_close(
@@ -366,7 +358,7 @@ async def test_winscp_small_file_sequence_setstat_pipelined_after_close(
     mtime = 1_600_000_000
     async with spr.connect() as conn, conn.start_sftp_client() as sftp:
         handle = await sftp.open("students.csv", "wb")
-        await handle.write(roster(2))
+        await handle.write(numbered_roster(2))
         # CLOSE and SETSTAT leave the client before the CLOSE is answered.
         close = asyncio.create_task(handle.close())
         setstat = asyncio.create_task(
@@ -382,7 +374,7 @@ async def test_winscp_small_file_sequence_setstat_pipelined_after_close(
 
 
 async def test_interrupted_upload_is_discarded_and_previous_file_kept(spr: ServerHandle) -> None:
-    previous = roster(2)
+    previous = numbered_roster(2)
     async with spr.connect() as conn, conn.start_sftp_client() as sftp:
         await put_bytes(sftp, "students.csv", previous)
     await processed(spr, 1)
@@ -390,7 +382,7 @@ async def test_interrupted_upload_is_discarded_and_previous_file_kept(spr: Serve
     conn = await spr.connect()
     sftp = await conn.start_sftp_client()
     handle = await sftp.open("students.csv", "wb")
-    await handle.write(roster(100, first="Half")[:2000])
+    await handle.write(numbered_roster(100, first="Half")[:2000])
     partial = await sftp.open("students.csv.filepart", "wb")
     await partial.write(b"School Code,Student ID")
     assert staging_files(spr)  # the direct upload is being staged, hidden
@@ -412,7 +404,7 @@ async def test_killed_openssh_client_mid_upload_is_not_processed(
     spr: ServerHandle, tmp_path: Path, client_key: tuple[Path, str]
 ) -> None:
     source = tmp_path / "students.csv"
-    source.write_bytes(roster(40000))  # about 2 MB, sent at 64 kbit/s: minutes
+    source.write_bytes(numbered_roster(40000))  # about 2 MB, sent at 64 kbit/s: minutes
     proc = await asyncio.create_subprocess_exec(
         "sftp",
         *openssh_options(client_key[0]),
@@ -445,7 +437,7 @@ async def test_killed_openssh_client_mid_upload_is_not_processed(
 
 async def test_upload_over_max_upload_mb_is_refused_while_written(start_server: Any) -> None:
     handle: ServerHandle = await start_server(max_upload_mb=1)
-    big = roster(1)[:-2] + b"x" * (1024 * 1024 + 10) + b"\r\n"
+    big = numbered_roster(1)[:-2] + b"x" * (1024 * 1024 + 10) + b"\r\n"
     async with handle.connect() as conn, conn.start_sftp_client() as sftp:
         for name in ("students.csv", "students.csv.filepart"):
             message = await refused(put_bytes(sftp, name, big), asyncssh.SFTPFailure)
@@ -657,7 +649,7 @@ async def test_half_open_client_is_dropped_by_keepalive(
         try:
             sftp = await conn.start_sftp_client()
             upload = await sftp.open("students.csv", "wb")
-            await upload.write(roster(5)[:100])
+            await upload.write(numbered_roster(5)[:100])
             assert len(handle.app.connections) == 1
             # A live client answers keepalives: idle for longer than the window, kept.
             await asyncio.sleep(window * 1.5)
@@ -702,7 +694,7 @@ async def test_reload_takes_a_new_district_and_refuses_a_broken_config(
         async with kept.start_sftp_client() as sftp:
             assert "results" in await sftp.listdir(".")
     async with handle.connect(SHE) as conn, conn.start_sftp_client() as sftp:
-        await put_bytes(sftp, "students.csv", roster(2))
+        await put_bytes(sftp, "students.csv", numbered_roster(2))
         message = await refused(
             put_bytes(sftp, "check/students.csv", b"x" * (1024 * 1024 + 1)), asyncssh.SFTPFailure
         )
@@ -813,7 +805,7 @@ async def test_kill_9_after_the_upload_is_acknowledged_loses_nothing(
         ) as conn,
         conn.start_sftp_client() as sftp,
     ):
-        await put_bytes(sftp, "students.csv", roster(count))
+        await put_bytes(sftp, "students.csv", numbered_roster(count))
         proc.send_signal(signal.SIGKILL)  # the moment CLOSE is acknowledged
         await proc.wait()
 
@@ -829,7 +821,7 @@ async def test_kill_9_after_the_upload_is_acknowledged_loses_nothing(
     handle: ServerHandle = await start_server(licenses=count + 10)
     [run] = await processed(handle, 1)
     assert run.state == "done"
-    assert run.result is not None and run.result["added"] == count
+    assert run.result is not None and run.result.added == count
     students = await handle.app.store.list_students(SPR)
     assert len(students) == count
     assert await handle.app.store.invariant_violations() == []
