@@ -1,8 +1,8 @@
 """District SFTP accounts: password hashes, key lists and the login ban list (SPEC §2).
 
-No asyncssh here: `server/sftp.py` asks these objects yes/no questions from its
-SSHServer hooks, so the policy (what is a valid password, when is an address
-banned) is tested without a network.
+No asyncssh here: `server/logins.py` asks these objects yes/no questions from its
+SSHServer hooks, so the policy (what is a valid password or key, when is an
+address banned) is tested without a network.
 
 District account passwords are few and guard a whole district's roster, so
 they are hashed with scrypt (unlike student passwords, SPEC §4). A login for an
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import enum
 import hashlib
 import hmac
 import ipaddress
@@ -23,7 +24,7 @@ import secrets
 import time
 from collections.abc import Callable
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from processing.config import Config, District
 
@@ -108,10 +109,14 @@ class Accounts:
     def __init__(self, config: Config) -> None:
         self._by_username: dict[str, District] = {d.username: d for d in config.districts.values()}
         self._hashes: dict[str, ScryptHash] = {}
+        self._keys: dict[str, frozenset[bytes]] = {}
         for district in self._by_username.values():
             parsed = ScryptHash.parse(district.password_hash or "")
             if parsed is not None:
                 self._hashes[district.username] = parsed
+            self._keys[district.username] = frozenset(
+                blob for blob in map(_key_blob, district.authorized_keys) if blob is not None
+            )
         # Computed once here, so every failed lookup costs one scrypt, like a
         # wrong password for a real district does.
         self._dummy = ScryptHash.parse(hash_password(secrets.token_urlsafe(16)))
@@ -144,16 +149,54 @@ class Accounts:
         district = self._by_username.get(username)
         return list(district.authorized_keys) if district is not None else []
 
+    def check_key(self, username: str, key_blob: bytes) -> District | None:
+        """The district if `key_blob` (a public key in SSH wire format, as a client
+        offers it) is one of `username`'s authorized_keys, else None.
+
+        Compared as bytes: an authorized_keys line is `type base64(blob) comment`,
+        and the blob is exactly what the client sends, so no key parsing is needed.
+        """
+        if key_blob in self._keys.get(username, frozenset()):
+            return self._by_username[username]
+        return None
+
+
+def _key_blob(line: str) -> bytes | None:
+    """The wire-format public key of an `ssh-ed25519 AAAA... comment` line."""
+    parts = line.split()
+    if len(parts) < 2:
+        return None
+    try:
+        return base64.b64decode(parts[1], validate=True)
+    except (ValueError, binascii.Error):
+        return None
+
 
 @frozen
 class _Strikes:
     failures: int
     expires_at: float  # when this entry is forgotten (or the ban ends)
     banned: bool
+    pending: int = 0  # attempts reserved and being checked right now
+
+
+class Attempt(enum.Enum):
+    """What `BanList.reserve` answers for a login attempt about to be checked."""
+
+    GRANTED = "granted"  # check it; then record_failure/record_success(reserved=True)
+    BUSY = "busy"  # every remaining attempt is being checked: wait, then ask again
+    BANNED = "banned"  # refuse without checking
 
 
 class BanList:
     """Failed logins per address, and temporary bans (SPEC §2 login_attempts, ban_minutes).
+
+    Exact (SPEC §3.2): an attempt is *reserved* before its password is checked,
+    and counts as a failure unless it is proven right. An address gets a
+    reservation only while failures + reservations < login_attempts, so 60
+    parallel guesses get at most `attempts` scrypt checks, however fast they
+    arrive; the others wait (BUSY) and see the ban. A success gives its
+    reservation back (`record_success`).
 
     An entry is forgotten `ban_minutes` after its last failure (or ban), so a
     district that mistypes its password now and then is never banned, and the
@@ -185,26 +228,47 @@ class BanList:
     def __len__(self) -> int:
         return len(self._entries)
 
-    def record_failure(self, address: str) -> bool:
-        """Count a failed login; True if this failure got the address banned."""
+    def reserve(self, address: str) -> Attempt:
+        """Reserve one login attempt for `address` before checking its password."""
+        if self._seconds <= 0:
+            return Attempt.GRANTED
+        now = self._clock()
+        self._forget_expired(now)
+        key = _key(address)
+        entry = self._entries.get(key)
+        if entry is None:
+            entry = _Strikes(0, now + self._seconds, False)
+        elif entry.banned:
+            return Attempt.BANNED
+        if entry.failures + entry.pending >= self._attempts:
+            return Attempt.BUSY
+        self._put(key, evolve(entry, pending=entry.pending + 1, expires_at=now + self._seconds))
+        return Attempt.GRANTED
+
+    def record_failure(self, address: str, *, reserved: bool = False) -> bool:
+        """Count a failed login (keeping its reservation, if it had one); True if this
+        failure got the address banned."""
         if self._seconds <= 0:
             return False
         now = self._clock()
         self._forget_expired(now)
         key = _key(address)
-        entry = self._entries.pop(key, None)
+        entry = self._entries.get(key)
+        pending = entry.pending if entry is not None else 0
+        if reserved:
+            pending = max(0, pending - 1)
         if entry is not None and entry.banned:
-            self._entries[key] = entry  # banned already: the ban is not extended
+            self._entries[key] = evolve(entry, pending=pending)  # the ban is not extended
             return False
         failures = (entry.failures if entry is not None else 0) + 1
         banned = failures >= self._attempts
-        self._entries[key] = _Strikes(failures, now + self._seconds, banned)
-        while len(self._entries) > self._max_entries:
-            del self._entries[next(iter(self._entries))]
+        self._put(key, _Strikes(failures, now + self._seconds, banned, pending))
         return banned
 
-    def record_success(self, address: str) -> None:
-        """A good login resets the count; it does not lift an active ban.
+    def record_success(self, address: str, *, reserved: bool = False) -> None:
+        """A good login gives its reservation back and resets the count, unless other
+        attempts from the address are being checked right now (a right password among
+        parallel guesses must not buy the guesses more checks). It never lifts a ban.
 
         (A banned address is refused before it can authenticate; a success can
         only come from a connection opened before the ban, perhaps by someone
@@ -212,7 +276,12 @@ class BanList:
         """
         key = _key(address)
         entry = self._entries.get(key)
-        if entry is not None and not entry.banned:
+        if entry is None:
+            return
+        pending = max(0, entry.pending - 1) if reserved else entry.pending
+        if entry.banned or pending:
+            self._entries[key] = evolve(entry, pending=pending)
+        else:
             del self._entries[key]
 
     def is_banned(self, address: str) -> bool:
@@ -222,12 +291,23 @@ class BanList:
         entry = self._entries.get(_key(address))
         return entry is not None and entry.banned and now < entry.expires_at
 
+    def _put(self, key: str, entry: _Strikes) -> None:
+        self._entries.pop(key, None)
+        self._entries[key] = entry
+        while len(self._entries) > self._max_entries:
+            del self._entries[next(iter(self._entries))]
+
     def _forget_expired(self, now: float) -> None:
         while self._entries:
             first_key = next(iter(self._entries))
             if self._entries[first_key].expires_at > now:
                 break
             del self._entries[first_key]
+
+
+def address_key(address: str) -> str:
+    """One key per client address (see `_key`), for counting connections per address."""
+    return _key(address)
 
 
 def _key(address: str) -> str:

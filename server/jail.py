@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import enum
 import os
+import re
 from pathlib import Path
 
 UPLOAD_NAME = "students.csv"
@@ -35,6 +36,8 @@ UPLOAD_FOLDERS = ("/", CHECK_DIR)
 TEMP_SUFFIXES = (".filepart", ".part", ".partial", ".tmp")
 # Longer client paths are refused before they reach the file system.
 MAX_PATH_CHARS = 4096
+# Unicode's control characters (category Cc): C0, DEL and C1.
+_CONTROL = re.compile("[\x00-\x1f\x7f-\x9f]")
 
 OUTSIDE_HOME = "path is outside your home folder"
 ONLY_UPLOAD = "only students.csv can be uploaded here"
@@ -51,6 +54,9 @@ RENAME_TEMP_TARGET = "a temporary upload can only be renamed to students.csv in 
 NO_RENAME_UPLOAD = "students.csv cannot be renamed: upload a new students.csv instead"
 NO_RENAME_FOLDER = "folders cannot be renamed"
 NO_REMOVE = "only students.csv, temporary uploads and result files can be deleted"
+CONTROL_CHARACTERS = "file names may not contain control characters"
+TRAILING_SLASH = "a file name may not end with /"
+TRAILING_DOT_OR_SPACE = "file names may not end with a dot or a space"
 
 
 class JailError(PermissionError):
@@ -82,7 +88,7 @@ def resolve(root: Path, virtual: bytes | str, cwd: str = "/") -> Path:
 
     Raises JailError for NUL bytes, backslashes (a Windows client's
     `check\\students.csv` must not become a file with a backslash in its name),
-    names that are not UTF-8, overlong paths, and any escape.
+    control characters, names that are not UTF-8, overlong paths, and any escape.
     """
     real_root = _real_root(root)
     virtual_path = normalize(virtual, cwd)
@@ -91,6 +97,44 @@ def resolve(root: Path, virtual: bytes | str, cwd: str = "/") -> Path:
     if not _is_within(resolved, real_root):
         raise JailError(OUTSIDE_HOME)
     return Path(resolved)
+
+
+def resolve_entry(root: Path, virtual: bytes | str, cwd: str = "/") -> tuple[Path, str]:
+    """The directory entry a path names, without following a link in its last component.
+
+    For REMOVE: deleting a link deletes the link, never what it points at (a
+    link in results/ that an operator left pointing at ../students.csv must not
+    make "delete this result" delete students.csv). The folder holding the
+    entry is resolved like any path and must be inside `root`; returns the real
+    entry and its virtual path, which is what the remove rules are decided on.
+    Callers also `resolve()` the full path, so a link that points out of the
+    home is refused as every such path is.
+    """
+    path = normalize(virtual, cwd)
+    if path == "/":
+        return Path(_real_root(root)), "/"
+    folder = resolve(root, folder_of(path))
+    name = name_of(path)
+    return folder / name, _join(to_virtual(root, folder), name)
+
+
+def file_name_refusal(virtual: bytes | str) -> str | None:
+    """Why a client path cannot name a file, or None (OPEN, SETSTAT, REMOVE, RENAME).
+
+    A real file system refuses `students.csv/` (not a folder) and Windows drops a
+    trailing dot or space; collapsing such a path would silently act on another
+    name (`students.csv/` and `students.csv/.` were accepted as `students.csv`).
+    Raises JailError first for what `normalize()` refuses in any path (control
+    characters, NUL, length ...).
+    """
+    normalize(virtual)
+    text = _text(virtual)
+    if text.endswith("/"):
+        return TRAILING_SLASH
+    last = text.rsplit("/", 1)[-1]
+    if last.endswith((".", " ")):
+        return TRAILING_DOT_OR_SPACE
+    return None
 
 
 def to_virtual(root: Path, real: Path) -> str:
@@ -122,6 +166,10 @@ def normalize(virtual: bytes | str, cwd: str = "/") -> str:
         raise JailError("file names may not contain backslashes: use / between folders")
     if len(text) + len(cwd) > MAX_PATH_CHARS:
         raise JailError("path is too long")
+    if _CONTROL.search(text):
+        # A newline or an escape in a name would forge a log line or drive the operator's
+        # terminal wherever the name is shown later (seen: `x.part\n... banned 10.6.6.6`).
+        raise JailError(CONTROL_CHARACTERS)
     return _collapse(text, cwd)
 
 
@@ -275,6 +323,10 @@ def _collapse(text: str, cwd: str = "/") -> str:
             continue
         out.append(part)
     return "/" + "/".join(out)
+
+
+def _join(folder: str, name: str) -> str:
+    return folder + name if folder.endswith("/") else folder + "/" + name
 
 
 def _parts(cwd: str) -> list[str]:

@@ -14,10 +14,20 @@ at EOF while the CLOSE is processed. The caller can: `close()` is a plain
 method (it returns a coroutine for asyncssh to await), so the frame that
 called it is the handler method itself. `tests/server/test_asyncssh_contract.py`
 fails if asyncssh renames or restructures those two methods.
+
+What one session may make the server hold is bounded (SPEC §3.2, see
+`server/quotas.py`): handles per session, uploads in progress per district,
+256 KiB per READ. File work that can take long (reads, the staging copy,
+fsync) runs in worker threads, so one client's large requests never hold up
+another district's listing. Writes stay on the loop: each is one pwrite of at
+most one SFTP packet (asyncssh caps it at 4 MiB), and keeping them there is what
+lets a RENAME of a temporary upload refuse every other handle on it at once
+(`Uploads.complete_rename`) with no write still in flight.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import os
@@ -30,8 +40,12 @@ from typing import Any
 import asyncssh
 from asyncssh import SFTPAttrs, SFTPName
 
+from processing.log_context import bind
 from server import jail
+from server.backpressure import ReplyBacklog
 from server.jail import JailError, PathKind
+from server.quotas import READ_MAX, LimitReached, RefusalLog, SessionHandles
+from server.staging import already_exists
 from server.uploads import (
     StagedUpload,
     TempUpload,
@@ -43,7 +57,7 @@ log = logging.getLogger("eams.sftp")
 
 EXPLICIT_CLOSE_CALLER = "_process_close"
 HIDDEN_PREFIX = b".eams-"
-_WRITE_FLAGS = asyncssh.FXF_WRITE | asyncssh.FXF_CREAT | asyncssh.FXF_TRUNC | asyncssh.FXF_APPEND
+READ_ONLY = "this file was opened for reading: open it for writing to change it"
 
 
 def _denied(message: str) -> asyncssh.SFTPPermissionDenied:
@@ -60,10 +74,18 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         uploads: Uploads,
     ) -> None:
         super().__init__(chan)
+        peer = chan.get_extra_info("peername")
+        # The session's task logs for this district and address from here on.
+        bind(district=district_id, remote=str(peer[0]) if peer else None)
         self.district_id = district_id
         self.home = Path(os.path.realpath(home))
         self.uploads = uploads
         self.last_activity = time.monotonic()  # for the server's idle timeout
+        peer = chan.get_extra_info("peername")
+        self.address = str(peer[0]) if peer else "?"
+        self.refusals = RefusalLog(self.address, district_id)
+        self.handles = SessionHandles(lambda: uploads.limits().max_handles_per_session)
+        self.backlog = ReplyBacklog(chan)
 
     # ---- listings: no user database lookups ---------------------------------------------
 
@@ -82,7 +104,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         try:
             return os.fsencode(jail.resolve(self.home, path))
         except JailError as exc:
-            raise _denied(str(exc)) from None
+            raise self._refused("path", path, _denied(str(exc))) from None
 
     def reverse_map_path(self, path: bytes) -> bytes:
         try:
@@ -94,47 +116,93 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         """The client's path as the home-relative path it really names (links resolved)."""
         return jail.to_virtual(self.home, Path(os.fsdecode(self.map_path(path))))
 
+    def file_virtual(self, path: bytes, request: str) -> str:
+        """`virtual()` for a path that must name a file (OPEN, SETSTAT, REMOVE, RENAME):
+        `students.csv/` or `students.csv.` is refused, not taken as students.csv."""
+        try:
+            refusal = jail.file_name_refusal(path)
+        except JailError as exc:
+            raise self._refused(request, path, _denied(str(exc))) from None
+        if refusal:
+            raise self._refused(request, path, _denied(refusal))
+        return self.virtual(path)
+
+    def _refused(self, request: str, name: object, exc: asyncssh.SFTPError) -> asyncssh.SFTPError:
+        """Log the refusal (address, district, the name escaped) and return `exc` to raise."""
+        self.refusals.refused(request, name, str(exc.reason))
+        return exc
+
     # ---- files ---------------------------------------------------------------------------
 
-    def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
-        if not pflags & _WRITE_FLAGS:
-            return super().open(path, pflags, attrs)
-        virtual = self.virtual(path)
+    async def open(self, path: bytes, pflags: int, attrs: SFTPAttrs) -> object:
+        """Only an open with WRITE gets a write handle; any other is read-only, whatever
+        else it asks for (CREAT, TRUNC or APPEND alone must not create, cut or write).
+        EXCL is honoured. Each handle counts against `max_handles_per_session`."""
+        virtual = self.file_virtual(path, "open")
+        try:
+            self.handles.check()
+            real = Path(os.fsdecode(self.map_path(path)))
+            exclusive = bool(pflags & asyncssh.FXF_EXCL)
+            if not pflags & asyncssh.FXF_WRITE:
+                if exclusive and real.exists():
+                    raise UploadRefused(already_exists(real.name))
+                file_obj: object = open(real, "rb", buffering=0)  # noqa: SIM115 (close())
+            else:
+                file_obj = await self._open_for_writing(virtual, real, pflags, exclusive)
+        except (LimitReached, UploadRefused) as exc:
+            raise self._refused("open", path, asyncssh.SFTPFailure(str(exc))) from None
+        self.handles.file_opened()
+        return file_obj
+
+    async def _open_for_writing(
+        self, virtual: str, real: Path, pflags: int, exclusive: bool
+    ) -> StagedUpload | TempUpload:
         refusal = jail.write_refusal(virtual)
         if refusal:
             raise _denied(refusal)
-        real = Path(os.fsdecode(self.map_path(path)))
-        try:
-            if jail.classify(virtual) is PathKind.UPLOAD:
-                return self.uploads.open_direct(
-                    self.district_id,
-                    virtual,
-                    real,
-                    truncate=bool(pflags & asyncssh.FXF_TRUNC),
-                    append=bool(pflags & asyncssh.FXF_APPEND),
-                )
-            return self.uploads.open_temp(self.district_id, real, _mode(pflags, real))
-        except UploadRefused as exc:
-            raise asyncssh.SFTPFailure(str(exc)) from None
+        truncate = bool(pflags & asyncssh.FXF_TRUNC)
+        append = bool(pflags & asyncssh.FXF_APPEND)
+        if jail.classify(virtual) is PathKind.UPLOAD:
+            return await self.uploads.open_direct(
+                self.district_id,
+                virtual,
+                real,
+                home=self.home,
+                truncate=truncate,
+                append=append,
+                exclusive=exclusive,
+            )
+        return self.uploads.open_temp(
+            self.district_id,
+            real,
+            home=self.home,
+            truncate=truncate,
+            append=append,
+            exclusive=exclusive,
+        )
 
     def write(self, file_obj: object, offset: int, data: bytes) -> int:
         self.last_activity = time.monotonic()
-        if isinstance(file_obj, StagedUpload | TempUpload):
-            try:
-                return self.uploads.write(file_obj, offset, data)
-            except UploadRefused as exc:
-                raise asyncssh.SFTPFailure(str(exc)) from None
-        return int(super().write(file_obj, offset, data))  # type: ignore[arg-type]
+        if not isinstance(file_obj, StagedUpload | TempUpload):
+            raise self._refused("write", _name(file_obj), _denied(READ_ONLY))
+        try:
+            return self.uploads.write(file_obj, offset, data)
+        except UploadRefused as exc:
+            raise asyncssh.SFTPFailure(str(exc)) from None
 
-    def read(self, file_obj: object, offset: int, size: int) -> bytes:
+    async def read(self, file_obj: object, offset: int, size: int) -> bytes:
+        """At most READ_MAX bytes (a shorter read, as OpenSSH's sftp-server gives; clients
+        ask again for the rest), read in a worker thread (pread: no shared file offset),
+        and only once the replies already read are on their way (server/backpressure.py)."""
         self.last_activity = time.monotonic()
-        if isinstance(file_obj, StagedUpload | TempUpload):
-            return os.pread(file_obj.file.fileno(), size, offset)
-        return super().read(file_obj, offset, size)  # type: ignore[return-value]
+        if not await self.backlog.wait():
+            raise asyncssh.SFTPConnectionLost("the connection is gone")
+        return await asyncio.to_thread(os.pread, _fileno(file_obj), min(size, READ_MAX), offset)
 
     def close(self, file_obj: object) -> Awaitable[None] | None:
         """See the module docstring: who called us tells CLOSE from a dropped connection."""
         explicit = sys._getframe(1).f_code.co_name == EXPLICIT_CLOSE_CALLER
+        self.handles.file_closed()
         if isinstance(file_obj, StagedUpload):
             return self._close_direct(file_obj, explicit)
         if isinstance(file_obj, TempUpload):
@@ -171,10 +239,10 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             return
         raise _denied("this file is read-only")
 
-    def fsync(self, file_obj: object) -> None:
+    async def fsync(self, file_obj: object) -> None:
+        """In a worker thread: flushing a 200 MB upload to disk can take seconds."""
         if isinstance(file_obj, StagedUpload | TempUpload):
-            file_obj.file.flush()
-            os.fsync(file_obj.file.fileno())
+            await asyncio.to_thread(os.fsync, file_obj.file.fileno())
 
     # ---- attributes --------------------------------------------------------------------
 
@@ -182,7 +250,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
         """Times on students.csv and temp uploads apply; permissions and owners are
         accepted and ignored (WinSCP shows an error dialog if this fails). A size
         applies to the upload in progress, as FSETSTAT's does."""
-        virtual = self.virtual(path)
+        virtual = self.file_virtual(path, "setstat")
         kind = jail.classify(virtual)
         if kind not in (PathKind.UPLOAD, PathKind.TEMP_UPLOAD):
             raise _denied(jail.write_refusal(virtual) or "this file is read-only")
@@ -203,7 +271,16 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     # ---- names ---------------------------------------------------------------------------
 
-    async def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+    def scandir(self, path: bytes) -> AsyncIterator[SFTPName]:
+        """OPENDIR: a folder handle, counted against `max_handles_per_session` for as
+        long as asyncssh holds it (see server/quotas.py)."""
+        try:
+            self.handles.check()
+        except LimitReached as exc:
+            raise self._refused("opendir", path, asyncssh.SFTPFailure(str(exc))) from None
+        return self.handles.folder(self._names(path))
+
+    async def _names(self, path: bytes) -> AsyncIterator[SFTPName]:
         """asyncssh's listing, but hidden staging/temp names are skipped before they
         are stat'ed, and a file that vanishes between listing and stat (a result
         file being written) is left out instead of failing the whole listing
@@ -224,10 +301,17 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
                 yield SFTPName(name, attrs=SFTPAttrs.from_local(stat))
 
     def remove(self, path: bytes) -> None:
-        refusal = jail.remove_refusal(self.virtual(path))
+        """Removes the entry named, never what a link there points at: the rules are
+        decided on the link's own place and the link itself is unlinked."""
+        self.file_virtual(path, "remove")  # the name rules, and no path out of the home
+        try:
+            entry, virtual = jail.resolve_entry(self.home, path)
+        except JailError as exc:
+            raise _denied(str(exc)) from None
+        refusal = jail.remove_refusal(virtual)
         if refusal:
             raise _denied(refusal)
-        os.remove(self.map_path(path))
+        os.unlink(entry)
 
     async def rename(self, oldpath: bytes, newpath: bytes) -> None:
         await self._rename(oldpath, newpath)
@@ -237,7 +321,7 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     async def _rename(self, oldpath: bytes, newpath: bytes) -> None:
         """The one rename allowed completes a safe upload: temp name -> students.csv."""
-        old, new = self.virtual(oldpath), self.virtual(newpath)
+        old, new = self.file_virtual(oldpath, "rename"), self.file_virtual(newpath, "rename")
         refusal = jail.rename_refusal(old, new)
         if refusal:
             raise _denied(refusal)
@@ -266,18 +350,19 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
 
     def exit(self) -> None:
         """End of the SFTP session: send exit status 0 (OpenSSH scp 9+ needs it)."""
+        self.refusals.session_ended()
         with contextlib.suppress(OSError, asyncssh.Error, AttributeError):
             self.channel.exit(0)  # fails only when the connection is already gone
 
 
-def _mode(pflags: int, real: Path) -> str:
-    """The open mode for a temporary upload. APPEND (a resumed `.part`) writes at the
-    end whatever offset the client sends (O_APPEND: pwrite appends on Linux)."""
-    if pflags & asyncssh.FXF_APPEND:
-        return "a+b"
-    if pflags & asyncssh.FXF_TRUNC or not real.exists():
-        return "w+b"
-    return "r+b"
+def _fileno(file_obj: object) -> int:
+    if isinstance(file_obj, StagedUpload | TempUpload):
+        return file_obj.file.fileno()
+    return int(file_obj.fileno())  # type: ignore[attr-defined]
+
+
+def _name(file_obj: object) -> str:
+    return str(getattr(file_obj, "name", "?"))
 
 
 def _apply_times(target: bytes | int, attrs: SFTPAttrs) -> None:

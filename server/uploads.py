@@ -12,8 +12,10 @@ Before either signal is answered, the file is in the spool and its run is
 recorded as queued (`ProcessingQueue.submit`), so an acknowledged upload
 survives a crash.
 
-No asyncssh here: `server/sftp.py` maps this module's `UploadRefused` to SFTP
-status codes.
+No asyncssh here: `server/sftp.py` maps this module's `UploadRefused` (and
+`server.quotas.LimitReached`) to SFTP status codes. The files behind the
+handles are made in `server/staging.py`, the bounds are in `server/quotas.py`,
+what is left behind goes in `server/housekeeping.py`.
 """
 
 from __future__ import annotations
@@ -22,61 +24,66 @@ import asyncio
 import contextlib
 import logging
 import os
-import time
-import uuid
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
-from typing import BinaryIO, cast
 
-from attrs import define
-
+from processing.config import ServerSettings
 from processing.jobs import UploadJob, fsync_dir, spool_copy
+from processing.model import RunRecord, utc_now
 from processing.queue import ProcessingQueue
-from processing.store import RunRecord, utc_now
-from server.jail import is_temp_name
+from server.housekeeping import remove_staging, sweep
+from server.quotas import (
+    STAGING_PREFIX,
+    LimitReached,
+    too_many_temps,
+    too_many_uploads,
+    uploads_in_progress,
+)
+from server.staging import (
+    StagedUpload,
+    TempUpload,
+    UploadRefused,
+    already_exists,
+    create_staging,
+    fill_staging,
+    open_temp_file,
+    pwrite_all,
+    too_large_message,
+)
 
 log = logging.getLogger("eams.uploads")
 
-STAGING_PREFIX = ".eams-staging-"
-TEMP_MAX_AGE = 24 * 3600
+# Imported from here by server/sftp.py, server/app.py and tests.
+__all__ = [
+    "RESUME_REFUSED",
+    "STAGING_PREFIX",
+    "StagedUpload",
+    "TempUpload",
+    "UploadRefused",
+    "Uploads",
+    "sweep",
+    "too_large_message",
+]
+
 RESUME_REFUSED = "resume is not supported for students.csv: upload the whole file again"
 
 
-class UploadRefused(Exception):
-    """An upload the client must be told about (too large, disk full)."""
-
-
-@define
-class StagedUpload:
-    """An open write handle on students.csv: the bytes go to `staging` until CLOSE."""
-
-    district_id: str
-    virtual: str  # "/students.csv" or "/check/students.csv"
-    target: Path
-    staging: Path
-    file: BinaryIO
-    refused: str | None = None
-
-
-@define
-class TempUpload:
-    """An open write handle on a client's temporary upload name (kept on a drop)."""
-
-    district_id: str
-    path: Path
-    file: BinaryIO
-    refused: str | None = None
-
-
-def too_large_message(limit: int) -> str:
-    return f"file too large: uploads are limited to {limit // (1024 * 1024)} MB"
-
-
 class Uploads:
-    def __init__(self, queue: ProcessingQueue, data: Path, max_bytes: int) -> None:
+    def __init__(
+        self,
+        queue: ProcessingQueue,
+        data: Path,
+        max_bytes: int,
+        *,
+        limits: Callable[[], ServerSettings] = ServerSettings,
+    ) -> None:
         self.queue = queue
         self.data = data
         self.max_bytes = max_bytes
+        # The server's current [server] settings (after a SIGHUP reload too): the
+        # bounds of SPEC 3.2 are read from it when they are checked.
+        self.limits = limits
         # Write handles open on temporary uploads, by real path (all sessions).
         self._open_temps: dict[Path, list[TempUpload]] = {}
         # Temporary uploads whose RENAME to students.csv is being completed.
@@ -86,44 +93,88 @@ class Uploads:
 
     # ---- opening ---------------------------------------------------------------
 
-    def open_direct(
-        self, district_id: str, virtual: str, target: Path, *, truncate: bool, append: bool
+    async def open_direct(
+        self,
+        district_id: str,
+        virtual: str,
+        target: Path,
+        *,
+        home: Path,
+        truncate: bool,
+        append: bool,
+        exclusive: bool = False,
     ) -> StagedUpload:
         """Open a hidden staging file beside `target`; `students.csv` is untouched.
 
         Without TRUNC the staging file starts as a copy of the current file, as a
         real file would (OpenSSH `scp` 9 opens WRITE|CREAT, writes, then sets the
-        size with FSETSTAT). APPEND is a resume (`reput`): refused, because a cut
-        upload never replaced the old file and appending to it would mix two
-        extracts (SPEC §3.1).
+        size with FSETSTAT). That copy (up to max_upload_mb) runs in a thread, so
+        it never stalls other districts' requests, and each staging file counts
+        against `temp_files_per_district` (see `server.quotas.uploads_in_progress`).
+        APPEND is a resume (`reput`): refused, because a cut upload never replaced
+        the old file and appending to it would mix two extracts (SPEC §3.1). EXCL
+        is honoured against the students.csv there now.
         """
         if append:
             raise UploadRefused(RESUME_REFUSED)
-        staging = target.with_name(f"{STAGING_PREFIX}{uuid.uuid4().hex}")
-        fd = os.open(staging, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o640)
-        # Unbuffered: every SFTP WRITE is one pwrite, so nothing is left in a buffer
-        # to be flushed into the file later (after it was spooled).
-        handle = cast(BinaryIO, os.fdopen(fd, "r+b", buffering=0))
-        if not truncate and target.exists():  # a patched write: start from the old bytes
-            with open(target, "rb") as current:
-                while chunk := current.read(1024 * 1024):
-                    handle.write(chunk)
+        if exclusive and target.exists():
+            raise UploadRefused(already_exists(target.name))
+        self._check_quota(home, too_many_uploads)
+        # Checked and created in one step on the event loop: no other open in between.
+        staging, handle = create_staging(target)
+        try:
+            if not truncate and target.exists():  # a patched write: start from the old bytes
+                await fill_staging(target, staging)
+        except BaseException as exc:
+            handle.close()
+            staging.unlink(missing_ok=True)
+            if isinstance(exc, OSError):
+                raise UploadRefused(
+                    f"the server could not store the upload: {exc.strerror}"
+                ) from exc
+            raise
         upload = StagedUpload(district_id, virtual, target, staging, handle)
         self._open_direct.setdefault(target, []).append(upload)
         return upload
 
-    def open_temp(self, district_id: str, path: Path, mode: str) -> TempUpload:
+    def open_temp(
+        self,
+        district_id: str,
+        path: Path,
+        *,
+        home: Path,
+        truncate: bool,
+        append: bool,
+        exclusive: bool = False,
+    ) -> TempUpload:
         """A write handle on a client's temporary upload name.
 
         Refused while a RENAME of that file to students.csv is being completed:
         a handle opened then would reach the inode that becomes students.csv.
+        A new file must fit in `temp_files_per_district`; reopening one (a
+        resume) always may. EXCL is honoured, as a real file system would.
         """
         if path in self._completing:
             raise UploadRefused(f"{path.name} is being renamed to students.csv: upload it again")
-        file = cast(BinaryIO, open(path, mode, buffering=0))  # noqa: SIM115 (close_temp)
+        exists = path.exists()
+        if exclusive and exists:
+            raise UploadRefused(already_exists(path.name))
+        if not exists:
+            self._check_quota(home, too_many_temps)
+        try:
+            file = open_temp_file(
+                path, exists=exists, truncate=truncate, append=append, exclusive=exclusive
+            )
+        except FileExistsError:
+            raise UploadRefused(already_exists(path.name)) from None
         upload = TempUpload(district_id, path, file)
         self._open_temps.setdefault(path, []).append(upload)
         return upload
+
+    def _check_quota(self, home: Path, message: Callable[[int], str]) -> None:
+        limit = self.limits().temp_files_per_district
+        if uploads_in_progress(home) >= limit:
+            raise LimitReached(message(limit))
 
     def close_temp(self, upload: TempUpload) -> None:
         """CLOSE or a dropped connection: the file stays either way (WinSCP resumes it),
@@ -156,7 +207,7 @@ class Uploads:
             log.warning("upload by %s refused: over %d bytes", upload.district_id, self.max_bytes)
             raise UploadRefused(upload.refused)
         try:
-            _pwrite_all(upload.file.fileno(), data, offset)
+            pwrite_all(upload.file.fileno(), data, offset)
             return len(data)
         except OSError as exc:
             # A full disk (or a quota): the partial file is useless, and left in place it
@@ -326,38 +377,13 @@ class Uploads:
         )
         return record
 
-
-def sweep(home: Path, *, results_days: float, now: float | None = None) -> list[Path]:
-    """Remove leftover temp/staging files older than a day and results past retention."""
-    now = time.time() if now is None else now
-    removed = []
-    for folder in (home, home / "check"):
-        for entry in _entries(folder):
-            stale = now - entry.stat().st_mtime > TEMP_MAX_AGE
-            if stale and (entry.name.startswith(STAGING_PREFIX) or is_temp_name(entry.name)):
-                entry.unlink(missing_ok=True)
-                removed.append(entry)
-    if results_days > 0:
-        for entry in _entries(home / "results"):
-            if now - entry.stat().st_mtime > results_days * 86400:
-                entry.unlink(missing_ok=True)
-                removed.append(entry)
-    return removed
-
-
-def _entries(folder: Path) -> list[Path]:
-    try:
-        return [p for p in folder.iterdir() if p.is_file() and not p.is_symlink()]
-    except FileNotFoundError:
-        return []
-
-
-def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
-    """pwrite until every byte is written (a raw write may be short)."""
-    view = memoryview(data)
-    while view:
-        written = os.pwrite(fd, view, offset)
-        view, offset = view[written:], offset + written
+    async def remove_staging_leftovers(self, homes: Iterable[Path]) -> int:
+        """At start, before the port opens: remove every staging file in the homes
+        (what a killed server left; see server/housekeeping.py)."""
+        removed = await asyncio.to_thread(lambda: [p for h in homes for p in remove_staging(h)])
+        for path in removed:
+            log.info("removed a staging file left by the last run: %s", path)
+        return len(removed)
 
 
 def _replace(finished: Path, target: Path) -> None:
