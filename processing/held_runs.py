@@ -13,7 +13,7 @@ from pathlib import Path
 
 from processing.model import RunRecord
 from processing.runner import Runner, RunOutcome
-from processing.store import Store
+from processing.store import Conflict, Store
 
 
 class CannotDecide(Exception):
@@ -46,16 +46,29 @@ async def find_held(store: Store, run_id: str, district_id: str | None = None) -
     return run
 
 
-async def approve(runner: Runner, run: RunRecord) -> RunOutcome:
-    """Apply a held run, decided again against the district's state now."""
+async def approve(runner: Runner, run: RunRecord, *, by: str, address: str) -> RunOutcome:
+    """Apply a held run, decided again against the district's state now; the run and
+    the audit log record who decided (`cli` for `eams approve`)."""
     if not run.spool_path or not os.path.exists(run.spool_path):
         raise CannotDecide(f"run {run.run_id}: the uploaded file is no longer in the spool")
-    await runner.store.set_run_state(run, "approved", expect="held")
+    try:
+        await runner.store.set_run_state(run, "approved", expect="held", by=by)
+    except Conflict:
+        raise CannotDecide(f"run {run.run_id} was decided meanwhile") from None
+    await runner.store.record_audit(
+        who=by, action="approve", district_id=run.district_id, detail=run.run_id, address=address
+    )
     return await runner.run(await runner.store.get_run(run.district_id, run.run_id))
 
 
-async def discard(store: Store, run: RunRecord) -> None:
+async def discard(store: Store, run: RunRecord, *, by: str, address: str) -> None:
     """Drop a held run: nothing is applied, its spooled file is removed."""
-    await store.set_run_state(run, "discarded", expect="held")
+    try:
+        await store.set_run_state(run, "discarded", expect="held", by=by)
+    except Conflict:
+        raise CannotDecide(f"run {run.run_id} was decided meanwhile") from None
+    await store.record_audit(
+        who=by, action="discard", district_id=run.district_id, detail=run.run_id, address=address
+    )
     if run.spool_path:
         Path(run.spool_path).unlink(missing_ok=True)

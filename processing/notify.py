@@ -15,6 +15,7 @@ from email.policy import SMTP
 from email.utils import format_datetime, make_msgid, parseaddr
 
 from processing.config import Config, District
+from processing.error_codes import fix_lines
 from processing.model import PlannedError, QueuedEmail, RunResult, iso, utc_now
 
 INLINE_ERRORS = 10
@@ -82,6 +83,8 @@ def render_body(result: RunResult, district: District, errors: Sequence[PlannedE
             f"The error file is on the SFTP site at {errors_path}",
             "Fix the extract and upload students.csv again.",
         ]
+        if problem:
+            lines += ["", *fix_lines([problem.code])]
     elif state == "held":
         lines += [
             "The students.csv upload was HELD and nothing was applied:",
@@ -110,6 +113,8 @@ def render_body(result: RunResult, district: District, errors: Sequence[PlannedE
                 "",
                 f"Every rejected row is in the error file on the SFTP site at {errors_path}",
                 "Fix these rows in your SIS; the next extract carries the fix.",
+                "",
+                *fix_lines(error.code for error in errors),
             ]
     lines += ["", "-- ", "MY Access eAMS (this message was sent automatically)"]
     return "\n".join(lines) + "\n"

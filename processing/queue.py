@@ -70,6 +70,12 @@ class ProcessingQueue:
         self._quiet.set()
         self._local_now = local_now
         self.finished: list[RunRecord] = []  # for logs and tests; bounded below
+        self.on_accepted: Callable[[UploadJob], None] | None = None  # e.g. a metrics counter
+
+    @property
+    def depth(self) -> int:
+        """Runs queued or in progress (the health check and the metrics)."""
+        return self._busy
 
     async def submit(self, job: UploadJob, *, wait: float = INTAKE_WAIT) -> RunRecord | None:
         """Record the spooled upload as a queued run, then queue it.
@@ -88,6 +94,8 @@ class ProcessingQueue:
         and make two runs), and its record is retried in the background
         until it is written, exactly once (a failed INSERT rolled back).
         """
+        if self.on_accepted is not None:
+            self.on_accepted(job)
         lock = self._intake_locks.setdefault(job.district_id, asyncio.Lock())
         task = asyncio.create_task(self._record(job, lock))
         self._intakes.add(task)

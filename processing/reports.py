@@ -14,6 +14,7 @@ import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
+from processing.error_codes import fix_lines
 from processing.model import TEMPLATE_COLUMNS, FileFacts, PlannedError, RunResult, Student, iso
 
 ERRORS_HEADER = ("Line", "Error Code", "Message", *TEMPLATE_COLUMNS)
@@ -69,8 +70,11 @@ def render_result_json(result: RunResult) -> str:
     return json.dumps(result.to_json(), indent=2, ensure_ascii=False) + "\n"
 
 
-def render_result_txt(result: RunResult, district_name: str) -> str:
-    """The same facts as result.json, for a person."""
+def render_result_txt(
+    result: RunResult, district_name: str, error_codes: Iterable[str] = ()
+) -> str:
+    """The same facts as result.json, for a person; then a "How to fix" line for the
+    file error and for each code in `error_codes` (the codes of the rejected rows)."""
     lines = [
         f"MY Access eAMS processing result for {district_name}",
         "",
@@ -127,6 +131,9 @@ def render_result_txt(result: RunResult, district_name: str) -> str:
         lines += ["", f"Details of every rejected row: results/{result.run_id}.errors.csv"]
     if result.missing:
         lines += ["", f"The missing students: results/{result.run_id}.missing.csv"]
+    fixes = fix_lines([*error_codes, *([result.file_error.code] if result.file_error else [])])
+    if fixes:
+        lines += ["", *fixes]
     return "\n".join(lines) + "\n"
 
 
@@ -185,7 +192,7 @@ def write_results(
         atomic_write(path, render_missing_csv(missing))
         written.append(path)
     for suffix, text in (
-        ("result.txt", render_result_txt(result, district_name)),
+        ("result.txt", render_result_txt(result, district_name, {e.code for e in errors})),
         ("result.json", render_result_json(result)),
     ):
         path = results_dir / f"{run_id}.{suffix}"

@@ -17,15 +17,18 @@ import asyncio
 import contextlib
 import logging
 import os
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+import attrs
 from attrs import frozen
 
 from processing.config import Config, District
 from processing.deciding import Decided, RunContext, decide_file
 from processing.digests import digest_context
 from processing.jobs import adoptable_job, file_facts, spool_files
+from processing.log_context import log_context
 from processing.model import (
     Counts,
     DistrictWrite,
@@ -63,6 +66,7 @@ class RunOutcome:
     result: RunResult
     errors: tuple[PlannedError, ...]
     missing: tuple[Student, ...] = ()  # full sync: deactivated (or would be) for absence
+    seconds: float = 0.0  # how long the run took (the metrics' histogram)
 
 
 @frozen
@@ -88,6 +92,12 @@ class Runner:
 
     async def run(self, record: RunRecord) -> RunOutcome:
         """Process a queued (or approved) run to its end; idempotent after a crash."""
+        started = time.monotonic()
+        with log_context(district=record.district_id, run_id=record.run_id):
+            outcome = await self._run(record, started)
+        return outcome
+
+    async def _run(self, record: RunRecord, started: float) -> RunOutcome:
         for attempt in range(1, RETRIES + 1):
             decision = await self.decide(record)
             try:
@@ -97,8 +107,9 @@ class Runner:
                     raise
                 log.warning("run %s: %s; deciding it again", record.run_id, exc)
                 continue
-            await self.publish(decision.outcome)
-            return decision.outcome
+            outcome = attrs.evolve(decision.outcome, seconds=time.monotonic() - started)
+            await self.publish(outcome)
+            return outcome
         raise AssertionError("unreachable")
 
     async def preview(self, job: UploadJob) -> RunOutcome:

@@ -125,6 +125,7 @@ class Sender:
         self._wake = asyncio.Event()
         self._stopping = False
         self.ledger = DeliveryLedger(outbox_dir / LEDGER_NAME)
+        self.on_sent: Callable[[], None] | None = None  # e.g. a metrics counter
 
     def wake(self) -> None:
         """New email queued in this process: look now instead of at the next poll."""
@@ -207,6 +208,8 @@ class Sender:
         if smtp is None:
             await asyncio.to_thread(self._write_eml, item)
             await self.store.mark_email(item, state="sent", now=self.clock())
+            if self.on_sent is not None:
+                self.on_sent()
             log.info("email %d (%s) written to %s", item.id, item.kind, self.outbox_dir)
             return
         refused: Mapping[str, object]
@@ -264,6 +267,8 @@ class Sender:
         }
         await asyncio.to_thread(self.ledger.write, entry)
         durable = time.monotonic()
+        if state != "failed" and self.on_sent is not None:
+            self.on_sent()
         if later:
             await self._retry(item, error or "", later)
         else:

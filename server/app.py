@@ -1,7 +1,8 @@
 """`eams serve`: wires config, store, processing queue, SFTP and FTP refusal together.
 
-The SSH side is asyncssh with one `DistrictSSHServer` per connection (logins,
-bans) and one `DistrictSFTPServer` per SFTP session (the district's folder).
+The SSH side is asyncssh with one `DistrictSSHServer` per connection (logins, bans,
+connection limits: server/logins.py), the algorithms of server/algorithms.py, and
+one `DistrictSFTPServer` per SFTP session (the district's folder).
 SIGHUP reloads config.toml (a broken file is refused and the old one stays);
 SIGTERM/SIGINT stop accepting, let runs in progress finish, and exit 0.
 """
@@ -24,19 +25,26 @@ from typing import Any
 import asyncssh
 
 from processing.config import Config, ConfigError
-from processing.model import TEMPLATE_HEADER
+from processing.model import TEMPLATE_HEADER, utc_now
 from processing.passwords import StudentPasswords
 from processing.queue import ProcessingQueue
-from processing.runner import Runner
+from processing.runner import Runner, RunOutcome
 from processing.sender import Sender
 from processing.stale import check_stale
-from processing.store import Store, database_path, utc_now
+from processing.store import Store, database_path
 from processing.workers import RunExecutor
+from server import log_format
+from server.accept_errors import AcceptErrors
 from server.accounts import Accounts, BanList
+from server.algorithms import host_key_pairs, server_options
 from server.ftp_refusal import start_ftp_refusal
 from server.hostkeys import ensure_host_keys, fingerprints
+from server.logins import DistrictSSHServer, LoginLimits
+from server.metrics import LiveFacts, Metrics
 from server.sftp import DistrictSFTPServer
 from server.uploads import Uploads, sweep
+from server.web.app import WebConsole, peer_address
+from server.web.operations import Operations
 
 log = logging.getLogger("eams.server")
 
@@ -60,77 +68,21 @@ def prepare_home(home: Path) -> None:
     os.chmod(template, 0o444)
 
 
-class DistrictSSHServer(asyncssh.SSHServer):
-    """One SSH connection: password/key logins, failed-login bans, login log lines."""
-
-    def __init__(self, app: EamsServer) -> None:
-        self.app = app
-        self.conn: asyncssh.SSHServerConnection | None = None
-        self.address = "?"
-
-    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
-        self.conn = conn
-        peer = conn.get_extra_info("peername")
-        self.address = str(peer[0]) if peer else "?"
-        if self.app.bans.is_banned(self.address):
-            log.warning("refused connection from banned address %s", self.address)
-            conn.close()
-            return
-        self.app.connections.add(conn)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        if self.conn is not None:
-            self.app.connections.discard(self.conn)
-
-    def begin_auth(self, username: str) -> bool:
-        keys = self.app.accounts.authorized_keys(username)
-        if keys and self.conn is not None:
-            self.conn.set_authorized_keys(asyncssh.import_authorized_keys("\n".join(keys)))
-        return True
-
-    def password_auth_supported(self) -> bool:
-        return True
-
-    def public_key_auth_supported(self) -> bool:
-        return True
-
-    async def validate_password(self, username: str, password: str) -> bool:
-        if self.app.bans.is_banned(self.address):
-            # A connection opened before the ban (or many, opened in parallel) must not
-            # go on guessing: asyncssh allows any number of attempts per connection.
-            log.warning("login refused: %s is banned; closing the connection", self.address)
-            if self.conn is not None:
-                self.conn.close()
-            return False
-        district = await asyncio.to_thread(self.app.accounts.check_password, username, password)
-        if district is not None:
-            return True
-        log.warning(
-            "login failed: user %r from %s (wrong password or unknown user)", username, self.address
-        )
-        if self.app.bans.record_failure(self.address):
-            log.warning(
-                "banned %s for %s minutes after %d failed logins",
-                self.address,
-                self.app.config.server.ban_minutes,
-                self.app.config.server.login_attempts,
-            )
-            if self.conn is not None:
-                self.conn.close()
-        return False
-
-    def auth_completed(self) -> None:
-        self.app.bans.record_success(self.address)
-        username = self.conn.get_extra_info("username") if self.conn else "?"
-        log.info("login: user %s from %s", username, self.address)
-
-
 class EamsServer:
-    def __init__(self, config: Config, *, port: int | None = None) -> None:
+    def __init__(
+        self, config: Config, *, port: int | None = None, web_port: int | None = None
+    ) -> None:
         self.config = config
         self.port = config.server.port if port is None else port
+        self.web_port = web_port  # None: [web] port (tests give 0)
+        self.web: WebConsole | None = None
+        self.metrics = Metrics()
+        self.live_metrics = LiveFacts(lambda: self.queue.depth, lambda: len(self.sessions))
+        self.metrics.add_live(self.live_metrics)
         self.accounts = Accounts(config)
         self.bans = BanList(config.server.login_attempts, config.server.ban_minutes)
+        self.logins = LoginLimits()
+        self.accept_errors: AcceptErrors | None = None
         self.connections: weakref.WeakSet[asyncssh.SSHServerConnection] = weakref.WeakSet()
         self.sessions: weakref.WeakSet[DistrictSFTPServer] = weakref.WeakSet()
         self._tasks: list[asyncio.Task[None]] = []
@@ -163,14 +115,24 @@ class EamsServer:
         self.runner = Runner(self.config, self.store, passwords)
         self.executor = RunExecutor(self.runner)
         self.queue = ProcessingQueue(self.runner, self.intake, execute=self.executor)
-        self.uploads = Uploads(self.queue, settings.data, settings.max_upload_bytes)
+        self.uploads = Uploads(
+            self.queue, settings.data, settings.max_upload_bytes, limits=lambda: self.config.server
+        )
+        # Before the port opens no upload is live: staging files are a killed run's leftovers.
+        await self.uploads.remove_staging_leftovers(
+            [settings.homes / d for d in self.config.districts]
+        )
         self.sender = Sender(
             self.outbox,
             lambda: self.config.smtp,
             lambda: self.config.sender,
             settings.data / "outbox",
         )
-        self.runner.on_finished = lambda _outcome: self.sender.wake()
+        self.runner.on_finished = self._run_finished
+        self.queue.on_accepted = lambda job: self.metrics.upload_accepted(
+            job.district_id, job.dry_run
+        )
+        self.sender.on_sent = self.metrics.email_sent
         self.sender_task = asyncio.create_task(self.sender.run(), name="sender")
         self._tasks.append(self.sender_task)
         # What the last stop (or crash) left is queued BEFORE the port opens, so a
@@ -186,12 +148,15 @@ class EamsServer:
         resumed = await self.queue.resume()
         if resumed:
             log.info("resuming %d queued run(s) left from before the last stop", resumed)
+        self.accept_errors = AcceptErrors(asyncio.get_running_loop())
+        self.accept_errors.install()
         try:
             self.ssh = await asyncssh.create_server(
                 lambda: DistrictSSHServer(self),
                 settings.listen,
                 self.port,
-                server_host_keys=host_keys,
+                server_host_keys=host_key_pairs(host_keys),
+                **server_options(),
                 sftp_factory=self._sftp_session,
                 allow_scp=False,
                 agent_forwarding=False,
@@ -226,6 +191,46 @@ class EamsServer:
             self.port,
             len(self.config.districts),
         )
+        await self._start_web()
+
+    def _run_finished(self, outcome: RunOutcome) -> None:
+        self.sender.wake()
+        self.metrics.run_finished(outcome)
+
+    def _sftp_accepting(self) -> bool:
+        return self.ssh is not None and bool(self.ssh.sockets) and not self.stopped.is_set()
+
+    async def _start_web(self) -> None:
+        """The web console, when [web] is set (SPEC §8), on its own database connection so
+        its pages never wait behind a run's transaction on the runs' connection."""
+        web = self.config.web
+        if web is None or (web.port == 0 and self.web_port is None):
+            return
+        self.console_store = await Store.open(database_path(self.config.server.data))
+        operations = Operations(
+            database=lambda: database_path(self.config.server.data),
+            sftp_accepting=self._sftp_accepting,
+            queue_depth=lambda: self.queue.depth,
+            metrics=self.metrics,
+            live=self.live_metrics,
+            store_facts=self.console_store.metric_facts,
+            allowed=lambda: self.config.web.metrics_allow if self.config.web else (),
+            remote=peer_address,
+        )
+        self.web = WebConsole(
+            lambda: self.config,
+            self.console_store,
+            self.runner,
+            lambda: self.bans,
+            port=self.web_port,
+            extra_routes=operations.add_routes,
+        )
+        self.web.on_login_failed = lambda: self.metrics.login_failed("web")
+        try:
+            await self.web.start()
+        except OSError as exc:
+            log.error("web console not started: %s", bind_message(web.listen, web.port, exc))
+            self.web = None
 
     @property
     def ftp_port(self) -> int | None:
@@ -234,6 +239,8 @@ class EamsServer:
     async def stop(self) -> None:
         """Stop accepting, end sessions, let runs in progress finish."""
         log.info("stopping: no new connections; waiting for runs in progress")
+        if self.web is not None:
+            await self.web.stop()
         if self.ssh is not None:
             self.ssh.close()
         if self.ftp is not None:
@@ -253,12 +260,14 @@ class EamsServer:
             await self.ssh.wait_closed()
         if self.ftp is not None:
             await self.ftp.wait_closed()
+        if self.accept_errors is not None:
+            await self.accept_errors.uninstall()
         await self._close_stores()
         log.info("stopped")
         self.stopped.set()
 
     async def _close_stores(self) -> None:
-        for name in ("store", "intake", "outbox"):
+        for name in ("store", "intake", "outbox", "console_store"):
             store = getattr(self, name, None)
             if store is not None:
                 await store.close()
@@ -297,7 +306,7 @@ class EamsServer:
             log.warning("%s", warning)
         for district_id in new.districts:
             prepare_home(new.server.homes / district_id)
-        old = self.config.server
+        old, old_web = self.config.server, self.config.web
         self.config = new
         self.runner.config = new
         self.accounts = Accounts(new)
@@ -317,7 +326,18 @@ class EamsServer:
                 "config reload: [server] %s take(s) effect at the next restart",
                 ", ".join(restart_only),
             )
+        if (new.web is None) != (old_web is None) or (
+            new.web is not None and old_web is not None and new.web.port != old_web.port
+        ):
+            log.warning("config reload: [web] listen/port take effect at the next restart")
         log.info("config reloaded: %d districts", len(new.districts))
+        await self.store.record_audit(
+            who="operator (SIGHUP)",
+            action="config reload",
+            district_id=None,
+            detail=f"{len(new.districts)} districts",
+            address="local",
+        )
         return True
 
     async def _every(self, seconds: float, step: Callable[[], Awaitable[None]], what: str) -> None:
@@ -403,7 +423,7 @@ async def run_server(config: Config, port: int | None = None) -> int:
 
 def serve(config: Config, *, port: int | None = None) -> int:
     """Blocking entry point for `eams serve`."""
-    logging.getLogger().setLevel(logging.INFO)
+    log_format.configure(config.server.log_format)
     # A big district's run parses in a worker thread and holds the GIL in turns of
     # the switch interval; the event loop serving every SFTP session waits up to
     # one turn per I/O event. 1 ms (default 5) keeps small uploads quick meanwhile.

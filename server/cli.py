@@ -14,6 +14,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from server.commands import (
@@ -31,6 +32,7 @@ from server.commands import (
     cmd_process,
     cmd_runs,
     cmd_students,
+    cmd_token,
     load_config,
 )
 
@@ -47,6 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--config", default="config.toml", help="path to config.toml")
     parser = _Parser(prog="eams", description="MY Access eAMS server and operator tools")
+    parser.add_argument("--version", action="version", version=f"eams {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     def add(name: str, handler: Callable[..., Any], help_text: str) -> argparse.ArgumentParser:
@@ -82,7 +85,18 @@ def build_parser() -> argparse.ArgumentParser:
         p = add(name, handler, text)
         p.add_argument("run_id")
         p.add_argument("--district", help="needed only when the run id exists in two districts")
+    token = add("token", cmd_token, "API tokens for operators' scripts: create, list, revoke")
+    token.add_argument("action", choices=("create", "list", "revoke"))
+    token.add_argument("name", nargs="?")
     return parser
+
+
+def _version() -> str:
+    """The installed package's version (pyproject.toml), as `eams --version` prints it."""
+    try:
+        return version("eams")
+    except PackageNotFoundError:  # run from a checkout that was never installed
+        return "unknown"
 
 
 def _serve(args: argparse.Namespace) -> int:

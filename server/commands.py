@@ -6,8 +6,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import getpass
+import hashlib
 import json
 import os
+import secrets
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
@@ -16,7 +18,7 @@ from typing import Any
 
 from attrs import frozen
 
-from processing import held_runs
+from processing import console, held_runs
 from processing.config import Config, ConfigError
 from processing.jobs import CLI_SOURCE, UploadJob, spool_copy
 from processing.model import RunRecord, iso, utc_now
@@ -218,26 +220,12 @@ async def cmd_licenses(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def run_summary(record: RunRecord) -> dict[str, Any]:
-    """A run as SPEC §6.2's object; queued runs have no result yet, so a stub."""
-    if record.result is not None:
-        return {**record.result.to_json(), "state": record.state}
-    return {
-        "run_id": record.run_id,
-        "district": record.district_id,
-        "state": record.state,
-        "received_at": iso(record.received_at),
-        "finished_at": None,
-        "dry_run": record.dry_run,
-    }
-
-
 async def cmd_runs(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     if args.district is not None:
         known_district(config, args.district)
     async with open_runtime(config) as rt:
-        runs = [run_summary(r) for r in await rt.store.list_runs(args.district)]
+        runs = [console.run_object(r) for r in await rt.store.list_runs(args.district)]
     if args.json:
         print(json.dumps(runs, ensure_ascii=False))
     else:
@@ -289,7 +277,7 @@ async def cmd_approve(args: argparse.Namespace) -> int:
     async with open_runtime(config) as rt:
         run = await _held_run(rt, args.run_id, args.district)
         try:
-            outcome = await held_runs.approve(rt.runner, run)
+            outcome = await held_runs.approve(rt.runner, run, by="cli", address="local")
         except held_runs.CannotDecide as exc:
             raise CommandFailed(str(exc)) from None
         print_outcome(outcome, config)
@@ -300,7 +288,10 @@ async def cmd_discard(args: argparse.Namespace) -> int:
     config = load_config(args.config)
     async with open_runtime(config) as rt:
         run = await _held_run(rt, args.run_id, args.district)
-        await held_runs.discard(rt.store, run)
+        try:
+            await held_runs.discard(rt.store, run, by="cli", address="local")
+        except held_runs.CannotDecide as exc:
+            raise CommandFailed(str(exc)) from None
     print(f"run {run.run_id} of {run.district_id} discarded; nothing was applied")
     return EXIT_OK
 
@@ -324,4 +315,59 @@ async def cmd_backup(args: argparse.Namespace) -> int:
         f"backup written to {target}: eams.sqlite3 and {KEY_FILE} (keep it private: it "
         "decrypts student passwords). Restore: stop eams, copy both into the data folder."
     )
+    return EXIT_OK
+
+
+async def cmd_token(args: argparse.Namespace) -> int:
+    """`eams token create|list|revoke`: API tokens (SPEC §9). A token is printed once;
+    only its SHA-256 is stored, so a lost token is revoked and made anew."""
+    config = load_config(args.config)
+    async with open_runtime(config) as rt:
+        store = rt.store
+        if args.action == "create":
+            if not args.name:
+                raise UsageError("eams token create NAME: give the token a name")
+            token = secrets.token_urlsafe(32)  # 256 bits
+            digest = hashlib.sha256(token.encode()).hexdigest()
+            if not await store.create_token(args.name, digest):
+                raise CommandFailed(f"a token named {args.name!r} exists: revoke it first")
+            await store.record_audit(
+                who="cli",
+                action="token create",
+                district_id=None,
+                detail=args.name,
+                address="local",
+            )
+            print(token)
+            print(
+                f"API token {args.name!r} created. It is shown only now: keep it where your "
+                "script reads it (send it as Authorization: Bearer <token>).",
+                file=sys.stderr,
+            )
+        elif args.action == "revoke":
+            if not args.name:
+                raise UsageError("eams token revoke NAME: name the token to revoke")
+            if not await store.revoke_token(args.name):
+                raise CommandFailed(f"no token named {args.name!r}")
+            await store.record_audit(
+                who="cli",
+                action="token revoke",
+                district_id=None,
+                detail=args.name,
+                address="local",
+            )
+            print(f"token {args.name!r} revoked: it stops working now")
+        else:
+            tokens = await store.list_tokens()
+            _table(
+                [
+                    {
+                        "name": t.name,
+                        "created": iso(t.created_at),
+                        "last_used": iso(t.last_used_at) if t.last_used_at else "never",
+                    }
+                    for t in tokens
+                ],
+                ["name", "created", "last_used"],
+            )
     return EXIT_OK

@@ -7,6 +7,7 @@ of a table class per concept:
 - `students`: a district's students and orders, loaded and written in bulk;
 - `outbox`: queued emails and upload times (SPEC §6.4);
 - `districts`: the config mirror, backups, the license invariant;
+- `console`: what the web console and the API read, and the audit log;
 - `schema`: ordered migrations.
 The server opens several Stores on the same file: one for runs (long bulk
 transactions), one for recording accepted uploads, one for the sender.
@@ -21,6 +22,14 @@ from processing.model import (  # their old home; edges still being moved import
     utc_now,
 )
 from processing.store.connection import DB_FILE, Conflict, database_path
+from processing.store.console import (
+    ApiToken,
+    AuditEntry,
+    ConsoleTable,
+    DistrictSummary,
+    MetricFacts,
+    OperationsTable,
+)
 from processing.store.districts import DistrictsTable
 from processing.store.outbox import OutboxTable
 from processing.store.runs import AlreadyFinished, RunNotFound, RunsTable
@@ -28,7 +37,7 @@ from processing.store.schema import MIGRATIONS
 from processing.store.students import KnownLines, StudentsTable
 
 
-class Store(RunsTable, StudentsTable, OutboxTable, DistrictsTable):
+class Store(RunsTable, StudentsTable, OutboxTable, DistrictsTable, ConsoleTable, OperationsTable):
     """One connection to the database. Open with `await Store.open(path)`."""
 
 
@@ -36,8 +45,12 @@ __all__ = [
     "DB_FILE",
     "MIGRATIONS",
     "AlreadyFinished",
+    "ApiToken",
+    "AuditEntry",
     "Conflict",
+    "DistrictSummary",
     "KnownLines",
+    "MetricFacts",
     "OutboxItem",
     "QueuedEmail",
     "RunNotFound",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import os
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterable, Iterator
 from pathlib import Path
@@ -25,6 +26,26 @@ DB_FILE = "eams.sqlite3"
 def database_path(data: Path) -> Path:
     """The database inside the `[server] data` folder."""
     return data / DB_FILE
+
+
+def private_database(path: Path) -> None:
+    """The database file 0600 whatever the umask (SPEC §3.2): it holds every student.
+
+    Created here (empty, which SQLite takes as a new database) rather than by
+    SQLite, which would follow the umask (0644 under 022); SQLite creates the
+    -wal and -shm files with the database file's mode. A file an older
+    version left readable by others is narrowed too.
+    """
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        for existing in (path, *(path.with_name(path.name + end) for end in ("-wal", "-shm"))):
+            with contextlib.suppress(FileNotFoundError, PermissionError):  # not the owner's
+                if existing.stat().st_mode & 0o177:
+                    os.chmod(existing, 0o600)
+    else:
+        os.fchmod(fd, 0o600)
+        os.close(fd)
 
 
 class Conflict(Exception):
@@ -64,6 +85,7 @@ class Connection:
     @classmethod
     async def open(cls, path: Path) -> Self:
         path.parent.mkdir(parents=True, exist_ok=True)
+        private_database(path)
         db = await aiosqlite.connect(path, isolation_level=None)
         db.row_factory = sqlite3.Row
         await db.execute("PRAGMA journal_mode = WAL")

@@ -21,6 +21,7 @@ from processing.model import (
     format_run_id,
     iso,
     parse_iso,
+    utc_now,
 )
 from processing.store.connection import Conflict, Connection, serialized
 from processing.store.outbox import insert_emails
@@ -35,13 +36,13 @@ class RunNotFound(LookupError):
     pass
 
 
-_RUN_COLUMNS = (
+RUN_COLUMNS = (
     "district_id, run_id, seq, state, dry_run, order_id, source, spool_path, "
     "received_at, result_json"
 )
 
 
-def _run_record(row: sqlite3.Row) -> RunRecord:
+def run_record(row: sqlite3.Row) -> RunRecord:
     return RunRecord(
         district_id=row["district_id"],
         run_id=row["run_id"],
@@ -108,22 +109,22 @@ class RunsTable(Connection):
     async def pending_runs(self) -> list[RunRecord]:
         """Runs acknowledged but not finished (a crash or a stop came first), oldest first."""
         rows = await self.db.execute_fetchall(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ('queued', 'approved') "
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE state IN ('queued', 'approved') "
             "ORDER BY district_id, seq"
         )
-        return [_run_record(row) for row in rows]
+        return [run_record(row) for row in rows]
 
     @serialized
     async def find_runs(self, run_id: str, district_id: str | None = None) -> list[RunRecord]:
         return await self._find_runs(run_id, district_id)
 
     async def _find_runs(self, run_id: str, district_id: str | None) -> list[RunRecord]:
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs WHERE run_id = ?"
+        sql = f"SELECT {RUN_COLUMNS} FROM runs WHERE run_id = ?"
         params: tuple[Any, ...] = (run_id,)
         if district_id is not None:
             sql += " AND district_id = ?"
             params += (district_id,)
-        return [_run_record(row) for row in await self.db.execute_fetchall(sql, params)]
+        return [run_record(row) for row in await self.db.execute_fetchall(sql, params)]
 
     @serialized
     async def get_run(self, district_id: str, run_id: str) -> RunRecord:
@@ -134,22 +135,22 @@ class RunsTable(Connection):
 
     @serialized
     async def list_runs(self, district_id: str | None = None) -> list[RunRecord]:
-        sql = f"SELECT {_RUN_COLUMNS} FROM runs"
+        sql = f"SELECT {RUN_COLUMNS} FROM runs"
         params: tuple[Any, ...] = ()
         if district_id is not None:
             sql += " WHERE district_id = ?"
             params = (district_id,)
         sql += " ORDER BY received_at DESC, seq DESC, district_id"
-        return [_run_record(row) for row in await self.db.execute_fetchall(sql, params)]
+        return [run_record(row) for row in await self.db.execute_fetchall(sql, params)]
 
     @serialized
     async def runs_without_results(self) -> list[RunRecord]:
         """Finished runs whose result files were never written (a crash came between)."""
         rows = await self.db.execute_fetchall(
-            f"SELECT {_RUN_COLUMNS} FROM runs WHERE state IN ('done', 'failed', 'held') "
+            f"SELECT {RUN_COLUMNS} FROM runs WHERE state IN ('done', 'failed', 'held') "
             "AND results_written = 0 ORDER BY district_id, seq"
         )
-        return [_run_record(row) for row in rows]
+        return [run_record(row) for row in rows]
 
     @serialized
     async def mark_results_written(self, run: RunRecord) -> None:
@@ -167,11 +168,16 @@ class RunsTable(Connection):
         return {row[0]: row[1] for row in rows}
 
     @serialized
-    async def set_run_state(self, run: RunRecord, state: str, *, expect: str) -> None:
-        """Move a run between states (approve/discard); refuse if it moved meanwhile."""
+    async def set_run_state(
+        self, run: RunRecord, state: str, *, expect: str, by: str | None = None
+    ) -> None:
+        """Move a run between states (approve/discard), recording who decided and when;
+        refuse if it moved meanwhile."""
         cursor = await self.db.execute(
-            "UPDATE runs SET state = ? WHERE district_id = ? AND run_id = ? AND state = ?",
-            (state, run.district_id, run.run_id, expect),
+            "UPDATE runs SET state = ?, decided_by = coalesce(?, decided_by), "
+            "decided_at = CASE WHEN ? IS NULL THEN decided_at ELSE ? END "
+            "WHERE district_id = ? AND run_id = ? AND state = ?",
+            (state, by, by, iso(utc_now()), run.district_id, run.run_id, expect),
         )
         if cursor.rowcount != 1:
             raise Conflict(f"run {run.run_id} is no longer {expect}")

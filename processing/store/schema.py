@@ -153,6 +153,36 @@ MIGRATIONS: tuple[str, ...] = (
         FOREIGN KEY (district_id, run_id) REFERENCES runs(district_id, run_id)
     );
     """,
+    # 7: the web console (SPEC §8): who decided a held run and when; the audit log;
+    # runs by district in order (paginated pages); students found by a
+    # case-insensitive prefix of their id or names across districts (usernames
+    # already have their lower-cased unique index)
+    """
+    ALTER TABLE runs ADD COLUMN decided_by TEXT;
+    ALTER TABLE runs ADD COLUMN decided_at TEXT;
+    CREATE INDEX runs_by_seq ON runs (district_id, seq);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY,
+        at TEXT NOT NULL,
+        who TEXT NOT NULL,
+        action TEXT NOT NULL,
+        district_id TEXT,
+        detail TEXT NOT NULL,
+        address TEXT NOT NULL
+    );
+    CREATE INDEX students_by_id ON students (lower(student_id));
+    CREATE INDEX students_by_first ON students (lower(first_name));
+    CREATE INDEX students_by_last ON students (lower(last_name));
+    """,
+    # 8: API tokens for operators' scripts (SPEC §9): only a hash of each is kept
+    """
+    CREATE TABLE api_tokens (
+        name TEXT PRIMARY KEY,
+        token_hash TEXT NOT NULL UNIQUE,
+        created_at TEXT NOT NULL,
+        last_used_at TEXT
+    );
+    """,
 )
 
 

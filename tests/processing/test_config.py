@@ -204,3 +204,13 @@ def test_an_operator_named_like_a_district_login_is_refused(tmp_path: Path) -> N
         "operators.accounts.SpringField: the name is district springfield's SFTP username: "
         "an operator and a district must sign in with different names"
     ]
+
+
+def test_the_bundled_demo_has_the_web_console_and_the_readme_logins() -> None:
+    from server.accounts import verify_password
+
+    config = Config.from_toml(ROOT / "config.toml")
+    assert config.web is not None and (config.web.listen, config.web.port) == ("127.0.0.1", 8080)
+    assert verify_password(config.operators["ops"].password_hash, "demo-ops-2026")
+    demo = config.district("demo")
+    assert demo.web_login and verify_password(demo.password_hash or "", "demo-sftp-2026")
