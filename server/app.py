@@ -14,13 +14,10 @@ import contextlib
 import errno
 import logging
 import os
-import signal
-import sys
 import time
 import weakref
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any
 
 import asyncssh
 
@@ -33,7 +30,6 @@ from processing.sender import Sender
 from processing.stale import check_stale
 from processing.store import Store, database_path
 from processing.workers import RunExecutor
-from server import log_format
 from server.accept_errors import AcceptErrors
 from server.accounts import Accounts, BanList
 from server.algorithms import host_key_pairs, server_options
@@ -388,45 +384,3 @@ def bind_message(host: str, port: int, exc: OSError) -> str:
     elif exc.errno == errno.EADDRINUSE:
         reason += " (another program is listening there)"
     return f"cannot listen on {host}:{port}: {reason}"
-
-
-async def run_server(config: Config, port: int | None = None) -> int:
-    app = EamsServer(config, port=port)
-    try:
-        await app.start()
-    except BindError as exc:
-        log.error("%s", exc)
-        return 1
-    loop = asyncio.get_running_loop()
-    stopping: list[asyncio.Task[Any]] = []
-
-    def request_stop() -> None:
-        if not stopping:
-            stopping.append(asyncio.create_task(app.stop()))
-
-    reloads: set[asyncio.Task[bool]] = set()
-
-    def request_reload() -> None:
-        task = asyncio.create_task(app.reload())
-        reloads.add(task)
-        task.add_done_callback(reloads.discard)
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, request_stop)
-    loop.add_signal_handler(signal.SIGHUP, request_reload)
-    await app.stopped.wait()
-    for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        with contextlib.suppress(Exception):
-            loop.remove_signal_handler(sig)
-    return 0
-
-
-def serve(config: Config, *, port: int | None = None) -> int:
-    """Blocking entry point for `eams serve`."""
-    log_format.configure(config.server.log_format)
-    # A big district's run parses in a worker thread and holds the GIL in turns of
-    # the switch interval; the event loop serving every SFTP session waits up to
-    # one turn per I/O event. 1 ms (default 5) keeps small uploads quick meanwhile.
-    sys.setswitchinterval(0.001)
-    logging.getLogger("asyncssh").setLevel(logging.WARNING)
-    return asyncio.run(run_server(config, port))

@@ -100,7 +100,7 @@ def _version() -> str:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from server.app import serve  # the SFTP edge is imported only by `serve`
+    from server.process import serve  # the SFTP edge is imported only by `serve`
 
     return serve(load_config(args.config), port=args.port)
 
