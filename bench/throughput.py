@@ -64,7 +64,7 @@ import processing.runner as runner_module
 import processing.store.runs as store_runs_module
 import processing.store.students as store_module
 from processing.config import Config
-from processing.jobs import UploadJob, spool_copy
+from processing.jobs import accept
 from processing.model import utc_now
 from processing.passwords import StudentPasswords
 from processing.runner import Runner
@@ -426,15 +426,10 @@ async def run_phase_async(spec: PhaseSpec) -> PhaseResult:
             profilers[0].enable()
         _STEPS.clear()
         start = time.perf_counter()
-        spooled, size = await asyncio.to_thread(spool_copy, spec.csv, data, DISTRICT)
-        _STEPS["spool_copy"] = time.perf_counter() - start
-        job = UploadJob(
-            district_id=DISTRICT,
-            spool_path=spooled,
-            size=size,
-            received_at=utc_now(),
-            source=f"bench {spec.csv.name}",
+        job = await asyncio.to_thread(
+            functools.partial(accept, spec.csv, data, DISTRICT, source=f"bench {spec.csv.name}")
         )
+        _STEPS["spool_copy"] = time.perf_counter() - start
         record = await runner.store.enqueue_run(job)
         outcome = await runner.run(record)
         seconds = time.perf_counter() - start

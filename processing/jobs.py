@@ -18,7 +18,7 @@ import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 
-from processing.model import FileFacts, UploadJob
+from processing.model import FileFacts, UploadJob, utc_now
 
 __all__ = ["UploadJob"]  # its old home: still importable from here
 
@@ -50,6 +50,10 @@ def spool_dir(data: Path, district_id: str) -> Path:
 SPOOL_TAGS = {"upload": "students.csv", "check": "check/students.csv"}  # adoptable kinds
 
 
+SPOOL_LINK_MODE = 0o640
+"""The widest mode a file may have to be spooled by a hard link (it keeps that mode)."""
+
+
 def spool_copy(
     source: Path,
     data: Path,
@@ -66,6 +70,11 @@ def spool_copy(
     existing `students.csv` in place (new uploads are staged and renamed over
     it), and it turns a 200 MB copy into a metadata operation; across file
     systems it falls back to a copy.
+
+    Spool files are 0600/0640 whatever the umask (SPEC §3.2). A link shares
+    its source's mode, so only a source that is already at most 0640 (the
+    server stages uploads so) is linked; any other (an operator's 0644 file
+    for `eams process`) is copied into a 0600 file, never chmod'ed.
     """
     folder = spool_dir(data, district_id)
     folder.mkdir(parents=True, exist_ok=True)
@@ -75,11 +84,15 @@ def spool_copy(
     with open(source, "rb") as src:
         os.fsync(src.fileno())
         try:
+            if os.fstat(src.fileno()).st_mode & ~SPOOL_LINK_MODE & 0o777:
+                raise PermissionError("not private enough to be linked")
             os.link(source, final)
             size = os.fstat(src.fileno()).st_size
         except OSError:
             temp = final.with_suffix(".partial")
-            with open(temp, "wb") as dst:
+            fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+            with open(fd, "wb") as dst:
+                os.fchmod(fd, 0o600)
                 shutil.copyfileobj(src, dst, 1024 * 1024)
                 dst.flush()
                 os.fsync(dst.fileno())
@@ -128,3 +141,26 @@ def fsync_dir(folder: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def accept(
+    path: Path,
+    data: Path,
+    district_id: str,
+    *,
+    source: str,
+    dry_run: bool = False,
+    order_id: str | None = None,
+    received_at: datetime | None = None,
+) -> UploadJob:
+    """The one way in: a completed upload becomes a durable spool file and the UploadJob
+    that stands for it (every edge, `eams process`, the tests and the benches use this).
+
+    `source` is "students.csv" or "check/students.csv" for an SFTP upload (such a
+    spool file is adopted as a run after a crash) and `CLI_SOURCE + name` for
+    `eams process`. Blocking (fsync): call it from a worker thread.
+    """
+    received = received_at or utc_now()
+    tag = next((t for t, name in SPOOL_TAGS.items() if name == source), "cli")
+    spooled, size = spool_copy(path, data, district_id, tag=tag, received_at=received)
+    return UploadJob(district_id, spooled, size, received, source, dry_run, order_id)

@@ -13,6 +13,7 @@ import secrets
 import sys
 from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,8 +21,8 @@ from attrs import frozen
 
 from processing import console, held_runs
 from processing.config import Config, ConfigError
-from processing.jobs import CLI_SOURCE, UploadJob, spool_copy
-from processing.model import RunRecord, iso, utc_now
+from processing.jobs import CLI_SOURCE, accept
+from processing.model import RunRecord, iso
 from processing.passwords import KEY_FILE, StudentPasswords
 from processing.reports import render_result_txt
 from processing.runner import Runner, RunOutcome
@@ -161,19 +162,18 @@ async def cmd_process(args: argparse.Namespace) -> int:
                     f"district {args.district} has no order {args.order!r} "
                     f"(orders: {', '.join(sorted(orders))})"
                 )
-        received = utc_now()
-        spooled, size = await asyncio.to_thread(
-            spool_copy, source, config.server.data, args.district
+        job = await asyncio.to_thread(
+            partial(
+                accept,
+                source,
+                config.server.data,
+                args.district,
+                source=CLI_SOURCE + source.name,
+                dry_run=args.dry_run,
+                order_id=args.order,
+            )
         )
-        job = UploadJob(
-            district_id=args.district,
-            spool_path=spooled,
-            size=size,
-            received_at=received,
-            source=CLI_SOURCE + source.name,
-            dry_run=args.dry_run,
-            order_id=args.order,
-        )
+        spooled = job.spool_path
         if args.dry_run:
             try:
                 outcome = await rt.runner.preview(job)

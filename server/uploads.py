@@ -29,8 +29,8 @@ from functools import partial
 from pathlib import Path
 
 from processing.config import ServerSettings
-from processing.jobs import UploadJob, fsync_dir, spool_copy
-from processing.model import RunRecord, utc_now
+from processing.jobs import accept, fsync_dir
+from processing.model import RunRecord
 from processing.queue import ProcessingQueue
 from server.housekeeping import remove_staging, sweep
 from server.quotas import (
@@ -342,30 +342,22 @@ class Uploads:
         district's big run holds the database it follows in the background
         (None is returned then). See ProcessingQueue.submit.
         """
-        received = utc_now()
         dry_run = virtual.startswith("/check/")
         try:
-            spooled, size = await asyncio.to_thread(
+            job = await asyncio.to_thread(
                 partial(
-                    spool_copy,
+                    accept,
                     finished,
                     self.data,
                     district_id,
-                    tag="check" if dry_run else "upload",
-                    received_at=received,
+                    source=virtual.lstrip("/"),
+                    dry_run=dry_run,
                 )
             )
             await asyncio.to_thread(_replace, finished, target)
         except OSError as exc:
             raise UploadRefused(f"the server could not store the upload: {exc.strerror}") from exc
-        job = UploadJob(
-            district_id=district_id,
-            spool_path=spooled,
-            size=size,
-            received_at=received,
-            source=virtual.lstrip("/"),
-            dry_run=dry_run,
-        )
+        size = job.size
         record = await self.queue.submit(job)
         log.info(
             "upload complete: district %s, %s, %d bytes, run %s%s",

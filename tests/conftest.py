@@ -13,7 +13,6 @@ import io
 import json
 import os
 import sqlite3
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -127,24 +126,16 @@ async def run_bytes(
 ) -> Any:
     """Process `data` as an upload of students.csv to springfield through `runner`.
 
-    Spooled and queued as the server does (spool_copy, Runner.submit), then
+    Accepted and queued as the server does (`accept`, `Store.enqueue_run`), then
     run; returns the RunOutcome.
     """
-    from processing.jobs import UploadJob, spool_copy
+    from processing.jobs import accept
 
     data_dir = runner.config.server.data
     source = data_dir.parent / "upload.csv"
     source.write_bytes(data)
-    spooled, size = spool_copy(source, data_dir, SPR)
-    job = UploadJob(
-        district_id=SPR,
-        spool_path=spooled,
-        size=size,
-        received_at=datetime.now(UTC).replace(microsecond=0),
-        source="students.csv",
-        dry_run=dry_run,
-        order_id=order_id,
-    )
+    name = "check/students.csv" if dry_run else "students.csv"
+    job = accept(source, data_dir, SPR, source=name, dry_run=dry_run, order_id=order_id)
     return await runner.run(await runner.store.enqueue_run(job))
 
 

@@ -35,7 +35,7 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from processing.config import Config
-from processing.jobs import UploadJob, spool_copy
+from processing.jobs import accept
 from processing.model import QueuedEmail, utc_now
 from processing.notify import build_message, subject_for
 from processing.passwords import StudentPasswords
@@ -318,15 +318,14 @@ class Env:
         source = self.config.server.homes.parent / "incoming" / f"{next(_files)}.csv"
         source.parent.mkdir(parents=True, exist_ok=True)
         source.write_text(csv_text(rows, header=header), encoding="utf-8")
-        spooled, size = spool_copy(source, self.config.server.data, district)
-        job = UploadJob(
-            district_id=district,
-            spool_path=spooled,
-            size=size,
-            received_at=received_at or utc_now(),
+        job = accept(
+            source,
+            self.config.server.data,
+            district,
             source="check/students.csv" if dry_run else "students.csv",
             dry_run=dry_run,
             order_id=order,
+            received_at=received_at,
         )
         record = await self.runner.store.enqueue_run(job)
         return await self.runner.run(record)

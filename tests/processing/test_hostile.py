@@ -3,7 +3,7 @@
 Read top to bottom:
 
 1. A fuzz of the whole decide path (decode.open_text -> template.read_rows ->
-   plan.first_pass + plan.build_plan on an in-memory DistrictState, then the
+   plan.file_findings + plan.build_plan on an in-memory DistrictState, then the
    errors.csv rendering) with arbitrary bytes, arbitrary Unicode written as
    UTF-8 / UTF-16, huge fields, long lines, 100,000 columns, NUL bytes and
    unterminated quotes: the answer is always a file error (FileRejected) or
@@ -28,7 +28,6 @@ import os
 import subprocess
 import tracemalloc
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,7 @@ from hypothesis import strategies as st
 
 from processing.config import DEFAULT_GRADES, Config
 from processing.decode import open_text
-from processing.jobs import UploadJob, spool_copy
+from processing.jobs import accept
 from processing.model import (
     TEMPLATE_COLUMNS,
     TEMPLATE_HEADER,
@@ -49,7 +48,7 @@ from processing.model import (
     Student,
 )
 from processing.passwords import StudentPasswords
-from processing.plan import Plan, build_plan, first_pass
+from processing.plan import Plan, build_plan, file_findings
 from processing.reports import render_errors_csv
 from processing.runner import Runner
 from processing.store import Store
@@ -91,7 +90,7 @@ def decide(path: Path) -> FileRejected | Plan:
     try:
         text, _ = open_text(path, LIMIT)
         with text:
-            found = first_pass(read_rows(text))
+            found = file_findings(read_rows(text))
         text, _ = open_text(path, LIMIT)
         with text:
             return build_plan(
@@ -239,11 +238,10 @@ async def run_file(config_path: Path, data: bytes | Path) -> dict[str, Any]:
         source = data if isinstance(data, Path) else config_path.parent / "upload.csv"
         if isinstance(data, bytes):
             source.write_bytes(data)
-        spooled, size = spool_copy(source, config.server.data, SPR)
-        job = UploadJob(SPR, spooled, size, datetime.now(UTC), "students.csv")
-        outcome = await runner.run(await runner.submit(job))
+        job = accept(source, config.server.data, SPR, source="students.csv")
+        outcome = await runner.run(await runner.store.enqueue_run(job))
         assert await store.invariant_violations() == []
-        result: dict[str, Any] = outcome.result
+        result: dict[str, Any] = outcome.result.to_json()
         return result
     finally:
         await store.close()
