@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Mapping
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 from processing.config import (
@@ -24,7 +25,7 @@ from processing.config import (
     SmtpSettings,
     WebSettings,
 )
-from processing.config_districts import DistrictChecks
+from processing.config_districts import DISTRICT_KEYS, ORDER_KEYS, SCHOOL_KEYS, DistrictChecks
 from processing.passwords import scrypt_problem
 
 
@@ -77,13 +78,34 @@ _SMTP_KEYS = {
     "password": str,
     "sender": str,
 }
+_TOP_KEYS = frozenset({"server", "smtp", "operators", "districts", "web"})
+_OPERATOR_KEYS = frozenset({"notify", "accounts"})
+_ACCOUNT_KEYS = frozenset({"name", "password_hash"})
+
+CONFIG_KEYS: Mapping[str, frozenset[str]] = MappingProxyType(
+    {
+        "": _TOP_KEYS,
+        "server": frozenset(_SERVER_KEYS),
+        "smtp": frozenset(_SMTP_KEYS),
+        "operators": _OPERATOR_KEYS,
+        "operators.accounts.<name>": _ACCOUNT_KEYS,
+        "web": frozenset(_WEB_KEYS),
+        "districts.<id>": frozenset(DISTRICT_KEYS),
+        "districts.<id>.order": ORDER_KEYS,
+        "districts.<id>.regular_orders[]": ORDER_KEYS,
+        "districts.<id>.schools[]": SCHOOL_KEYS,
+    }
+)
+"""Every key the checks accept, by the table that holds it ("" is the top level;
+`<id>` and `<name>` stand for a district's id and an operator's name; `[]` marks an
+array of tables). docs/config.md documents exactly these (tests/test_docs.py)."""
 
 
 class _Parser(DistrictChecks):
     """The whole file: server, smtp, operators, web, and (DistrictChecks) the districts."""
 
     def parse(self, raw: Mapping[str, Any]) -> Config:
-        self.unknown_keys(raw, {"server", "smtp", "operators", "districts", "web"}, "(top level)")
+        self.unknown_keys(raw, _TOP_KEYS, "(top level)")
         if "server" not in raw:  # SPEC 3.2: never 0.0.0.0:22 by accident
             self.problem("server", "required: a [server] table (listen, port, homes, data, ...)")
         server = self.parse_server(self.table(raw, "server", "server"))
@@ -94,7 +116,7 @@ class _Parser(DistrictChecks):
         if "sender" in operators:
             # Accepted once and never used: the From address is [smtp] sender.
             self.problem("operators.sender", "not a setting: set the From address as [smtp] sender")
-        self.unknown_keys(operators, {"notify", "sender", "accounts"}, "operators")
+        self.unknown_keys(operators, {*_OPERATOR_KEYS, "sender"}, "operators")
         notify = self.address_list(operators, "notify", "operators")
         districts = self.parse_districts(self.table(raw, "districts", "districts"))
         accounts = self.parse_accounts(self.table(operators, "accounts", "operators.accounts"))
@@ -163,7 +185,7 @@ class _Parser(DistrictChecks):
             if not isinstance(raw, dict):
                 self.problem(where, "must be a table with name and password_hash")
                 continue
-            self.unknown_keys(raw, {"name", "password_hash"}, where)
+            self.unknown_keys(raw, _ACCOUNT_KEYS, where)
             display = raw.get("name", name)
             if not isinstance(display, str) or not display.strip():
                 self.problem(f"{where}.name", "must be a non-empty string")

@@ -19,7 +19,7 @@ from processing.config import (
 from processing.passwords import scrypt_problem
 from processing.rules import normalize_grade
 
-_DISTRICT_KEYS = {
+DISTRICT_KEYS = {
     "name",
     "username",
     "password_hash",
@@ -35,6 +35,8 @@ _DISTRICT_KEYS = {
     "regular_orders",
     "schools",
 }
+ORDER_KEYS = frozenset({"id", "licenses"})
+SCHOOL_KEYS = frozenset({"code", "name"})
 
 
 class ProblemLog:
@@ -91,7 +93,7 @@ class DistrictChecks(ProblemLog):
         if not isinstance(raw, dict):
             self.problem(where, "must be a table with id and licenses")
             return None
-        self.unknown_keys(raw, {"id", "licenses"}, where)
+        self.unknown_keys(raw, ORDER_KEYS, where)
         order_id, licenses = raw.get("id"), raw.get("licenses")
         ok = True
         if not isinstance(order_id, str) or not order_id.strip():
@@ -144,7 +146,7 @@ class DistrictChecks(ProblemLog):
         self, district_id: str, raw: Mapping[str, Any], where: str
     ) -> District | None:
         before = len(self.problems)
-        self.unknown_keys(raw, _DISTRICT_KEYS, where)
+        self.unknown_keys(raw, DISTRICT_KEYS, where)
         if "password" in raw:
             self.problem(
                 f"{where}.password",
@@ -269,7 +271,7 @@ class DistrictChecks(ProblemLog):
             if not isinstance(item, dict):
                 self.problem(key, "must be a table with code and name")
                 continue
-            self.unknown_keys(item, {"code", "name"}, key)
+            self.unknown_keys(item, SCHOOL_KEYS, key)
             code, name = item.get("code"), item.get("name")
             if not isinstance(code, str) or not code.strip():
                 self.problem(

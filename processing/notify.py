@@ -64,7 +64,13 @@ def _error_lines(errors: Sequence[PlannedError], total: int) -> list[str]:
     return lines
 
 
-def render_body(result: RunResult, district: District, errors: Sequence[PlannedError]) -> str:
+def render_body(
+    result: RunResult,
+    district: District,
+    errors: Sequence[PlannedError],
+    public_url: str = "",
+) -> str:
+    """The email's text; with `[web] public_url`, a link to the run in the console."""
     run_id = result.run_id
     state = result.state
     errors_path = f"/results/{run_id}.errors.csv"
@@ -116,6 +122,9 @@ def render_body(result: RunResult, district: District, errors: Sequence[PlannedE
                 "",
                 *fix_lines(error.code for error in errors),
             ]
+    if public_url:
+        link = f"{public_url.rstrip('/')}/districts/{district.id}/runs/{run_id}"
+        lines += ["", f"See this run in the web console: {link}"]
     lines += ["", "-- ", "MY Access eAMS (this message was sent automatically)"]
     return "\n".join(lines) + "\n"
 
@@ -174,7 +183,8 @@ def run_emails(
     if not recipients:
         return []
     subject = subject_for(state, result.errors, district.name)
-    body = render_body(result, district, errors)
+    public_url = config.web.public_url if config.web is not None else ""
+    body = render_body(result, district, errors, public_url)
     message = build_message(config.sender, recipients, subject, body, to=to, cc=cc)
     kind = state if state != "done" else ("partial" if result.errors else "success")
     return [QueuedEmail(kind=kind, recipients=recipients, message=message)]

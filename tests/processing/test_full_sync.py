@@ -262,3 +262,15 @@ async def test_a_reload_switches_sync_for_the_next_run(start_server: Any) -> Non
         _, second = await finished_runs(handle, 2)
     assert second.result is not None
     assert (second.result.sync, second.result.missing) == ("full", 1)
+
+
+def test_a_success_email_links_to_the_run_when_public_url_is_set(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    cfg.write_text(
+        cfg.read_text(encoding="utf-8")
+        + '\n[web]\nport = 0\npublic_url = "https://eams.example"\n',
+        encoding="utf-8",
+    )
+    result = process(cfg, ROSTER)
+    (body,) = _queued_bodies(cfg)
+    assert f"https://eams.example/districts/{SPR}/runs/{result['run_id']}" in body
