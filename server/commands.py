@@ -96,7 +96,8 @@ def known_district(config: Config, district_id: str) -> None:
 
 def print_outcome(outcome: RunOutcome, config: Config) -> None:
     district = config.district(outcome.record.district_id)
-    print(render_result_txt(outcome.result, district.name), end="")
+    codes = sorted({str(e.code) for e in outcome.errors})
+    print(render_result_txt(outcome.result, district.name, codes), end="")
     if not outcome.result.dry_run or outcome.record.seq:
         folder = config.server.homes / district.id / "results"
         print(f"Result files: {folder}/{outcome.result.run_id}.result.*")
