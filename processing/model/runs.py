@@ -213,3 +213,5 @@ class RunRecord:
     spool_path: str | None
     received_at: datetime
     result: RunResult | None
+    decided_by: str | None = None  # who approved or discarded a held run (SPEC §8)
+    decided_at: datetime | None = None

@@ -38,7 +38,7 @@ class RunNotFound(LookupError):
 
 RUN_COLUMNS = (
     "district_id, run_id, seq, state, dry_run, order_id, source, spool_path, "
-    "received_at, result_json"
+    "received_at, result_json, decided_by, decided_at"
 )
 
 
@@ -54,6 +54,8 @@ def run_record(row: sqlite3.Row) -> RunRecord:
         spool_path=row["spool_path"],
         received_at=parse_iso(row["received_at"]),
         result=RunResult.from_json(json.loads(row["result_json"])) if row["result_json"] else None,
+        decided_by=row["decided_by"],
+        decided_at=parse_iso(row["decided_at"]) if row["decided_at"] else None,
     )
 
 

@@ -266,6 +266,7 @@ async def test_a_held_run_is_approved_from_the_web_and_recorded(web: WebHandle) 
             assert response.status == 409  # no longer held
     record = await web.app.store.get_run(SPR, held.run_id)
     assert record.state == "done" and record.result is not None
+    assert record.decided_by == f"district:{SPR}" and record.decided_at is not None
     assert record.result.deactivated == 30
     async with web.client() as client:
         await sign_in(client, OPERATOR, OPERATOR_PASSWORD)
