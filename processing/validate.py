@@ -21,8 +21,9 @@ import re
 from functools import lru_cache
 
 from processing.config import DEFAULT_GRADES
-from processing.rules import normalize_grade
+from processing.long_records import Cut
 from processing.model import TEMPLATE_COLUMNS, RawRow, Row, RowCode, RowError
+from processing.rules import normalize_grade
 
 MAX_NAME = 64
 MAX_STUDENT_ID = 32
@@ -78,8 +79,12 @@ def validate(
     """
     fields = raw.fields
     if len(fields) != _COLUMNS:
+        # Excel's trailing ",,,"; a Cut this wide has a value past those it keeps
         if len(fields) > _COLUMNS and not "".join(fields[_COLUMNS:]).strip():
-            fields = fields[:_COLUMNS]  # Excel's trailing ",,,"
+            if not isinstance(fields, Cut):
+                fields = fields[:_COLUMNS]
+            else:
+                return [_column_count(fields)]
         else:
             return [_column_count(fields)]
     school, student_id, first, last, grade_raw, username, password, class_name, status_raw = map(
@@ -91,12 +96,12 @@ def validate(
         errors.append(_missing(0) if not school else _unknown_school(school, school_codes))
 
     if not _STUDENT_ID(student_id):  # "1.2E5" passes: it is a valid ID, Excel writes "1.2E+05"
-        errors.append(_bad_student_id(student_id))
+        errors.append(_bad_student_id(student_id, _cut(fields, 1)))
 
     if len(first) > MAX_NAME or not first or _CONTROL(first):
-        errors.append(_bad_text(2, first))
+        errors.append(_bad_text(2, first, _cut(fields, 2)))
     if len(last) > MAX_NAME or not last or _CONTROL(last):
-        errors.append(_bad_text(3, last))
+        errors.append(_bad_text(3, last, _cut(fields, 3)))
 
     grade = _GRADE_FAST.get(grade_raw)
     if grade is None:
@@ -105,15 +110,15 @@ def validate(
         errors.append(_bad_grade(grade_raw, grade, grades))
 
     if not _USERNAME(username):
-        errors.append(_bad_username(username))
+        errors.append(_bad_username(username, _cut(fields, 5)))
 
     if password and (
         len(password) < MIN_PASSWORD or len(password) > MAX_PASSWORD or _CONTROL(password)
     ):
-        errors.append(_bad_password(password))
+        errors.append(_bad_password(password, _cut(fields, 6)))
 
     if class_name and (len(class_name) > MAX_NAME or _CONTROL(class_name)):
-        errors.append(_bad_text(7, class_name))
+        errors.append(_bad_text(7, class_name, _cut(fields, 7)))
 
     status = _STATUS.get(status_raw)
     if status is None:
@@ -149,11 +154,23 @@ def _missing(column: int) -> RowError:
     return _error(RowCode.MISSING_FIELD, f"{TEMPLATE_COLUMNS[column]} is required")
 
 
+def _cut(fields: tuple[str, ...], column: int) -> int | None:
+    """The length (trimmed) of a value records.py cut short, for the message; else None."""
+    return fields.lengths.get(column) if isinstance(fields, Cut) else None
+
+
 def _column_count(fields: tuple[str, ...]) -> RowError:
-    message = f"expected {_COLUMNS} columns, found {len(fields)}"
+    """Empty cells past the ninth and past the last value are not counted (Excel's ",,,")."""
+    found = len(fields)
+    if isinstance(fields, Cut):
+        found = fields.columns
+    else:
+        while found > _COLUMNS and not fields[found - 1].strip():
+            found -= 1
+    message = f"expected {_COLUMNS} columns, found {found}"
     if any("\n" in field or "\r" in field for field in fields):
         message += " (a quote may be unclosed on this line)"
-    elif len(fields) > _COLUMNS:
+    elif found > _COLUMNS:
         message += (
             ": a value that contains a comma must be enclosed in double quotes, "
             'for example "Smith, Jr."'
@@ -174,18 +191,20 @@ def _unknown_school(code: str, known: frozenset[str]) -> RowError:
     return _error(RowCode.UNKNOWN_SCHOOL, message)
 
 
-def _too_long(column: str, value: str, limit: int) -> RowError:
+def _too_long(column: str, value: str, limit: int, length: int | None) -> RowError:
+    """`length`: the value's own when it was cut short (a cut value is longer than `limit`)."""
+    size = len(value) if length is None else length
     return _error(
         RowCode.FIELD_TOO_LONG,
-        f'{column} "{show(value)}" is {len(value)} characters long; at most {limit} are allowed',
+        f'{column} "{show(value)}" is {size} characters long; at most {limit} are allowed',
     )
 
 
-def _bad_student_id(value: str) -> RowError:
+def _bad_student_id(value: str, length: int | None = None) -> RowError:
     if not value:
         return _missing(1)
     if len(value) > MAX_STUDENT_ID:
-        return _too_long("Student ID", value, MAX_STUDENT_ID)
+        return _too_long("Student ID", value, MAX_STUDENT_ID, length)
     if _SCIENTIFIC(value):
         return _error(
             RowCode.INVALID_FIELD,
@@ -201,13 +220,13 @@ def _bad_student_id(value: str) -> RowError:
     )
 
 
-def _bad_text(column: int, value: str) -> RowError:
+def _bad_text(column: int, value: str, length: int | None = None) -> RowError:
     """First Name, Last Name (required) and Class Name (optional)."""
     name = TEMPLATE_COLUMNS[column]
     if not value:
         return _missing(column)
     if len(value) > MAX_NAME:
-        return _too_long(name, value, MAX_NAME)
+        return _too_long(name, value, MAX_NAME, length)
     bad = _CONTROL(value)
     character = _describe(bad.group()) if bad else "a control character"
     return _error(
@@ -227,11 +246,11 @@ def _bad_grade(value: str, grade: str | None, grades: frozenset[str]) -> RowErro
     )
 
 
-def _bad_username(value: str) -> RowError:
+def _bad_username(value: str, length: int | None = None) -> RowError:
     if not value:
         return _missing(5)
     if len(value) > MAX_USERNAME:
-        return _too_long("Username", value, MAX_USERNAME)
+        return _too_long("Username", value, MAX_USERNAME, length)
     bad = _USERNAME_CHAR(value)
     if bad:
         return _error(
@@ -245,12 +264,13 @@ def _bad_username(value: str) -> RowError:
     )
 
 
-def _bad_password(value: str) -> RowError:
+def _bad_password(value: str, length: int | None = None) -> RowError:
     """Never quotes the value: passwords appear in no result, error file or log."""
     if len(value) > MAX_PASSWORD:
+        size = len(value) if length is None else length
         return _error(
             RowCode.FIELD_TOO_LONG,
-            f"Password is {len(value)} characters long; at most {MAX_PASSWORD} are allowed",
+            f"Password is {size} characters long; at most {MAX_PASSWORD} are allowed",
         )
     if len(value) < MIN_PASSWORD:
         return _error(

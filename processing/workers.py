@@ -61,7 +61,6 @@ class RunExecutor:
                 self.workers,
                 mp_context=context,
                 initializer=_init_worker,
-                initargs=(os.getpid(),),
             )
         log.info("run %s %s goes to a worker process", record.district_id, record.run_id)
         loop = asyncio.get_running_loop()
@@ -84,8 +83,9 @@ def _size(record: RunRecord) -> int:
         return 0
 
 
-def _init_worker(server: int) -> None:
-    end_with(server)
+def _init_worker() -> None:
+    server = multiprocessing.parent_process()  # the spawning process, as spawn recorded it
+    end_with(server.pid if server is not None and server.pid is not None else os.getppid())
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[worker]: %(message)s"
     )
