@@ -64,10 +64,10 @@ import processing.runner as runner_module
 import processing.store.runs as store_runs_module
 import processing.store.students as store_module
 from processing.config import Config
-from processing.jobs import accept
 from processing.model import utc_now
 from processing.passwords import StudentPasswords
 from processing.runner import Runner
+from processing.spool import accept
 from processing.store import Store
 from tests.factories import District, config_toml, password_hash, student, write_csv
 

@@ -27,7 +27,6 @@ from attrs import frozen
 from processing.config import Config, District
 from processing.deciding import Decided, RunContext, decide_file
 from processing.digests import digest_context
-from processing.jobs import adoptable_job, file_facts, spool_files
 from processing.log_context import log_context
 from processing.model import (
     Counts,
@@ -50,6 +49,7 @@ from processing.notify import run_emails
 from processing.passwords import StudentPasswords
 from processing.reports import write_results
 from processing.rules import guard_reason
+from processing.spool import adoptable_job, file_facts, spool_files
 from processing.store import Conflict, Store
 
 log = logging.getLogger("eams.runner")

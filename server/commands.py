@@ -21,11 +21,11 @@ from attrs import frozen
 
 from processing import console, held_runs
 from processing.config import Config, ConfigError
-from processing.jobs import CLI_SOURCE, accept
 from processing.model import RunRecord, iso
 from processing.passwords import KEY_FILE, StudentPasswords
 from processing.reports import render_result_txt
 from processing.runner import Runner, RunOutcome
+from processing.spool import CLI_SOURCE, accept
 from processing.store import DB_FILE, Store, database_path
 from server.accounts import hash_password
 

@@ -29,9 +29,9 @@ from functools import partial
 from pathlib import Path
 
 from processing.config import ServerSettings
-from processing.jobs import accept, fsync_dir
 from processing.model import RunRecord
 from processing.queue import ProcessingQueue
+from processing.spool import accept, fsync_dir
 from server.housekeeping import remove_staging, sweep
 from server.quotas import (
     STAGING_PREFIX,

@@ -129,7 +129,7 @@ async def run_bytes(
     Accepted and queued as the server does (`accept`, `Store.enqueue_run`), then
     run; returns the RunOutcome.
     """
-    from processing.jobs import accept
+    from processing.spool import accept
 
     data_dir = runner.config.server.data
     source = data_dir.parent / "upload.csv"

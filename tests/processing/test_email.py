@@ -35,12 +35,12 @@ import pytest
 from aiosmtpd.controller import Controller
 
 from processing.config import Config
-from processing.jobs import accept
 from processing.model import QueuedEmail, utc_now
 from processing.notify import build_message, subject_for
 from processing.passwords import StudentPasswords
 from processing.runner import Runner, RunOutcome
 from processing.sender import Sender
+from processing.spool import accept
 from processing.stale import check_stale
 from processing.store import Store
 from tests.conftest import (

@@ -38,7 +38,6 @@ from hypothesis import strategies as st
 
 from processing.config import DEFAULT_GRADES, Config
 from processing.decode import open_text
-from processing.jobs import accept
 from processing.model import (
     TEMPLATE_COLUMNS,
     TEMPLATE_HEADER,
@@ -51,6 +50,7 @@ from processing.passwords import StudentPasswords
 from processing.plan import Plan, build_plan, file_findings
 from processing.reports import render_errors_csv
 from processing.runner import Runner
+from processing.spool import accept
 from processing.store import Store
 from processing.template import read_rows
 from tests.conftest import (

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 
 from processing.config import Config
-from processing.jobs import spool_copy
 from processing.passwords import SCRYPT_MAX_MEM, scrypt_problem
+from processing.spool import spool_copy
 from processing.store import Store, database_path
 from server.accounts import ScryptHash, verify_password
 from tests.conftest import SPR, make_config

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from processing.config import Config
-from processing.jobs import spool_copy
+from processing.spool import spool_copy
 from processing.store import database_path
 from tests.conftest import SPR, make_config
 
@@ -61,7 +61,7 @@ import asyncio, json, resource, sys
 from datetime import UTC, datetime
 from pathlib import Path
 from processing.config import Config
-from processing.jobs import UploadJob, spool_copy
+from processing.spool import UploadJob, spool_copy
 from processing.passwords import StudentPasswords
 from processing.runner import Runner
 from processing.store import Store, database_path

@@ -6,11 +6,11 @@ import json
 from pathlib import Path
 
 from processing.config import Config
-from processing.jobs import UploadJob, spool_copy
 from processing.model import utc_now
 from processing.passwords import StudentPasswords
 from processing.queue import ProcessingQueue
 from processing.runner import Runner, RunOutcome
+from processing.spool import UploadJob, spool_copy
 from processing.store import Store, database_path
 from processing.workers import RunExecutor
 from tests.conftest import assert_invariant, make_config, student, write_csv

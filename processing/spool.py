@@ -1,6 +1,7 @@
-"""UploadJob: the one type that crosses from the SFTP edge into processing.
+"""The spool: where an accepted upload is kept durably until its run is done.
 
-The edge (or `eams process`) first makes a durable copy of the completed file
+`accept` is the one way in from every edge: the completed file's durable copy
+and the UploadJob that stands for it. The edge (or `eams process`) first makes a durable copy of the completed file
 in the spool (`spool_copy`), then hands over an UploadJob to be recorded as a
 queued run. The spool file is the durable record of an acknowledged upload
 (SPEC §3.1): its name carries what the run needs (when it was received,
