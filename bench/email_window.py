@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib
 import logging
 import os
 import re
@@ -92,9 +93,7 @@ def time_big_commit() -> None:
 
 def worker_init() -> None:
     """The pool's initializer, in the spawned worker (where the project's is still in place)."""
-    from processing import workers
-
-    workers._init_worker()
+    executor_module()._init_worker()
     time_big_commit()
 
 
@@ -209,8 +208,16 @@ async def small_uploads(clients: list[tuple[str, Any]], stop: asyncio.Event) -> 
     return uploads
 
 
+def executor_module() -> Any:
+    """processing.run_executor (processing.workers in a checkout from before its rename)."""
+    try:
+        return importlib.import_module("processing.run_executor")
+    except ImportError:
+        return importlib.import_module("processing.workers")
+
+
 async def scenario(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    from processing import workers
+    workers = executor_module()
     from processing.config import Config
     from processing.store import database_path
     from server.app import EamsServer

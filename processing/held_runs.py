@@ -9,6 +9,7 @@ at approval time.
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 from processing.model import RunRecord
@@ -46,9 +47,17 @@ async def find_held(store: Store, run_id: str, district_id: str | None = None) -
     return run
 
 
-async def approve(runner: Runner, run: RunRecord, *, by: str, address: str) -> RunOutcome:
+async def approve(
+    runner: Runner,
+    run: RunRecord,
+    *,
+    by: str,
+    address: str,
+    execute: Callable[[RunRecord], Awaitable[RunOutcome]] | None = None,
+) -> RunOutcome:
     """Apply a held run, decided again against the district's state now; the run and
-    the audit log record who decided (`cli` for `eams approve`)."""
+    the audit log record who decided (`cli` for `eams approve`). `execute` runs it
+    (the server's queue: a big file goes to a worker process); by default, here."""
     if not run.spool_path or not os.path.exists(run.spool_path):
         raise CannotDecide(f"run {run.run_id}: the uploaded file is no longer in the spool")
     try:
@@ -58,7 +67,8 @@ async def approve(runner: Runner, run: RunRecord, *, by: str, address: str) -> R
     await runner.store.record_audit(
         who=by, action="approve", district_id=run.district_id, detail=run.run_id, address=address
     )
-    return await runner.run(await runner.store.get_run(run.district_id, run.run_id))
+    approved = await runner.store.get_run(run.district_id, run.run_id)
+    return await (execute or runner.run)(approved)
 
 
 async def discard(store: Store, run: RunRecord, *, by: str, address: str) -> None:

@@ -18,7 +18,7 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import attrs
@@ -84,7 +84,6 @@ class Runner:
         self.config = config
         self.store = store
         self.passwords = passwords
-        self.on_finished: Callable[[RunOutcome], None] | None = None  # e.g. wake the sender
         self.scan_min_bytes = SCAN_MIN_BYTES
 
     def results_dir(self, district_id: str) -> Path:
@@ -237,8 +236,6 @@ class Runner:
         if result.state != "held" and record.spool_path:
             with contextlib.suppress(FileNotFoundError):
                 os.unlink(record.spool_path)
-        if self.on_finished is not None:
-            self.on_finished(outcome)
         log.info(
             "run %s %s: %s rows, %s added, %s updated, %s unchanged, %s errors%s",
             record.district_id,

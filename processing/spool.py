@@ -1,12 +1,12 @@
 """The spool: where an accepted upload is kept durably until its run is done.
 
-`accept` is the one way in from every edge: the completed file's durable copy
-and the UploadJob that stands for it. The edge (or `eams process`) first makes a durable copy of the completed file
-in the spool (`spool_copy`), then hands over an UploadJob to be recorded as a
-queued run. The spool file is the durable record of an acknowledged upload
-(SPEC §3.1): its name carries what the run needs (when it was received,
-whether it came to check/), so a file whose run record did not get written
-before a crash is adopted as a queued run at the next start.
+`accept` is the one way in from every edge (SFTP, `eams process`): a durable
+copy of the completed file in the spool (`spool_copy`) and the UploadJob that
+stands for it, to be recorded as a queued run. The spool file is the durable
+record of an acknowledged upload (SPEC §3.1): its name carries what the run
+needs (when it was received, whether it came to check/), so a file whose run
+record did not get written before a crash is adopted as a queued run at the
+next start.
 """
 
 from __future__ import annotations

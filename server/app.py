@@ -24,12 +24,12 @@ import asyncssh
 from processing.config import Config, ConfigError
 from processing.model import TEMPLATE_HEADER, utc_now
 from processing.passwords import StudentPasswords
-from processing.queue import ProcessingQueue
+from processing.run_executor import RunExecutor
+from processing.run_queue import ProcessingQueue
 from processing.runner import Runner, RunOutcome
 from processing.sender import Sender
 from processing.stale import check_stale
 from processing.store import Store, database_path
-from processing.workers import RunExecutor
 from server.accept_errors import AcceptErrors
 from server.accounts import Accounts, BanList
 from server.algorithms import host_key_pairs, server_options
@@ -110,7 +110,9 @@ class EamsServer:
         passwords = await asyncio.to_thread(StudentPasswords.from_data_dir, settings.data)
         self.runner = Runner(self.config, self.store, passwords)
         self.executor = RunExecutor(self.runner)
-        self.queue = ProcessingQueue(self.runner, self.intake, execute=self.executor)
+        self.queue = ProcessingQueue(
+            self.runner, self.intake, execute=self.executor, on_finished=self._run_finished
+        )
         self.uploads = Uploads(
             self.queue, settings.data, settings.max_upload_bytes, limits=lambda: self.config.server
         )
@@ -124,7 +126,6 @@ class EamsServer:
             lambda: self.config.sender,
             settings.data / "outbox",
         )
-        self.runner.on_finished = self._run_finished
         self.queue.on_accepted = lambda job: self.metrics.upload_accepted(
             job.district_id, job.dry_run
         )
@@ -218,6 +219,7 @@ class EamsServer:
             self.console_store,
             self.runner,
             lambda: self.bans,
+            execute=self.queue.run_now,
             port=self.web_port,
             extra_routes=operations.add_routes,
         )

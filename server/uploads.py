@@ -30,7 +30,7 @@ from pathlib import Path
 
 from processing.config import ServerSettings
 from processing.model import RunRecord
-from processing.queue import ProcessingQueue
+from processing.run_queue import ProcessingQueue
 from processing.spool import accept, fsync_dir
 from server.housekeeping import remove_staging, sweep
 from server.quotas import (

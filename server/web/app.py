@@ -22,7 +22,8 @@ import jinja2
 from aiohttp import web
 
 from processing.config import Config
-from processing.runner import Runner
+from processing.model import RunRecord
+from processing.runner import Runner, RunOutcome
 from processing.store import Store
 from server.accounts import BanList
 from server.web.sessions import Session, Sessions
@@ -56,6 +57,7 @@ class WebConsole:
         runner: Runner,
         bans: Callable[[], BanList],
         *,
+        execute: Callable[[RunRecord], Awaitable[RunOutcome]] | None = None,
         port: int | None = None,
         extra_routes: Callable[[web.Application], None] | None = None,
     ) -> None:
@@ -63,6 +65,7 @@ class WebConsole:
         self.store = store
         self.runner = runner
         self.bans = bans
+        self.execute = execute or runner.run  # an approved run: the server's queue runs it
         self.sessions = Sessions(lambda: self._settings().session_minutes)
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),

@@ -245,7 +245,9 @@ class Pages:
         try:
             run = await held_runs.find_held(store, run_id, district_id)
             if approve:
-                await held_runs.approve(self.web.runner, run, by=session.who, address=address)
+                await held_runs.approve(
+                    self.web.runner, run, by=session.who, address=address, execute=self.web.execute
+                )
             else:
                 await held_runs.discard(store, run, by=session.who, address=address)
         except held_runs.CannotDecide as exc:

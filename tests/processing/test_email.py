@@ -272,7 +272,6 @@ class Env:
         self.sender: Sender | None = None
         self.task: asyncio.Task[None] | None = None
         self.closed = False
-        runner.on_finished = lambda _outcome: self.sender.wake() if self.sender else None
 
     @classmethod
     async def open(cls, config_path: Path) -> Env:
@@ -328,7 +327,10 @@ class Env:
             received_at=received_at,
         )
         record = await self.runner.store.enqueue_run(job)
-        return await self.runner.run(record)
+        outcome = await self.runner.run(record)
+        if self.sender is not None:  # what the server's queue does after each run
+            self.sender.wake()
+        return outcome
 
     async def outbox(self) -> list[dict[str, Any]]:
         return await self.store.outbox()

@@ -15,7 +15,7 @@ from attrs import frozen
 from processing.config import Config
 from processing.model import RunRecord, utc_now
 from processing.passwords import StudentPasswords
-from processing.queue import ProcessingQueue
+from processing.run_queue import ProcessingQueue
 from processing.runner import Runner
 from processing.spool import UploadJob, spool_copy, spool_files
 from processing.store import Store, database_path

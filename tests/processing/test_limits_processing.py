@@ -65,7 +65,7 @@ from processing.spool import UploadJob, spool_copy
 from processing.passwords import StudentPasswords
 from processing.runner import Runner
 from processing.store import Store, database_path
-from processing.workers import RunExecutor
+from processing.run_executor import RunExecutor
 
 async def main(config_path, source):
     config = Config.from_toml(config_path)

@@ -8,11 +8,11 @@ from pathlib import Path
 from processing.config import Config
 from processing.model import utc_now
 from processing.passwords import StudentPasswords
-from processing.queue import ProcessingQueue
+from processing.run_executor import RunExecutor
+from processing.run_queue import ProcessingQueue
 from processing.runner import Runner, RunOutcome
 from processing.spool import UploadJob, spool_copy
 from processing.store import Store, database_path
-from processing.workers import RunExecutor
 from tests.conftest import assert_invariant, make_config, student, write_csv
 
 
@@ -39,9 +39,8 @@ async def test_runs_over_the_threshold_run_in_a_worker_process_in_order(tmp_path
     await store.sync_config(config)
     runner = Runner(config, store, StudentPasswords.from_data_dir(data))
     finished: list[RunOutcome] = []
-    runner.on_finished = finished.append
     executor = RunExecutor(runner, big_run_bytes=0)  # every run goes to a worker
-    queue = ProcessingQueue(runner, store, execute=executor)
+    queue = ProcessingQueue(runner, store, execute=executor, on_finished=finished.append)
     try:
         records = []
         for n, status in enumerate(("A", "D")):  # the second must see the first's students

@@ -50,9 +50,12 @@ class ProcessingQueue:
         parallel: int = 2,
         local_now: Callable[[], datetime] = datetime.now,
         execute: Callable[[RunRecord], Awaitable[RunOutcome]] | None = None,
+        on_finished: Callable[[RunOutcome], None] | None = None,
     ) -> None:
         self.runner = runner
         self.execute = execute or runner.run  # server: small runs here, big ones in a worker
+        # Told of every finished run, wherever it ran (wake the sender, count metrics).
+        self.on_finished = on_finished
         self.intake = intake  # a separate connection, so acknowledging is never slow
         self._slots = asyncio.Semaphore(parallel)
         self._queues: dict[str, asyncio.Queue[RunRecord]] = {}
@@ -211,7 +214,7 @@ class ProcessingQueue:
                     self._active.add(key)
                     self._quiet.clear()
                     try:
-                        await self.execute(record)
+                        await self.run_now(record)
                     finally:
                         self._active.discard(key)
                         if not self._active:
@@ -232,6 +235,14 @@ class ProcessingQueue:
                 self._busy -= 1
                 if self._busy == 0:
                     self._idle.set()
+
+    async def run_now(self, record: RunRecord) -> RunOutcome:
+        """Execute one run (in a worker process when big) and tell `on_finished`: the queue's
+        own runs, and an approved held run, decided from the console at once."""
+        outcome = await self.execute(record)
+        if self.on_finished is not None:
+            self.on_finished(outcome)
+        return outcome
 
     async def wait_idle(self) -> None:
         """Until every submitted upload is recorded and every queued run has finished."""

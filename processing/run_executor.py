@@ -64,10 +64,7 @@ class RunExecutor:
             )
         log.info("run %s %s goes to a worker process", record.district_id, record.run_id)
         loop = asyncio.get_running_loop()
-        outcome = await loop.run_in_executor(self._pool, run_in_worker, self.runner.config, record)
-        if self.runner.on_finished is not None:
-            self.runner.on_finished(outcome)
-        return outcome
+        return await loop.run_in_executor(self._pool, run_in_worker, self.runner.config, record)
 
     def close(self) -> None:
         """Wait for runs in progress in worker processes, then end them."""
