@@ -21,7 +21,6 @@ from pathlib import Path
 
 from processing.model import FileFacts, UploadJob, utc_now
 
-__all__ = ["UploadJob"]  # its old home: still importable from here
 
 
 CLI_SOURCE = "eams process "  # + the file's own name

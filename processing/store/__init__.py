@@ -13,14 +13,6 @@ The server opens several Stores on the same file: one for runs (long bulk
 transactions), one for recording accepted uploads, one for the sender.
 """
 
-from processing.model import (  # their old home; edges still being moved import them here
-    OutboxItem,
-    QueuedEmail,
-    RunRecord,
-    UploadStatus,
-    iso,
-    utc_now,
-)
 from processing.store.connection import DB_FILE, Conflict, database_path
 from processing.store.console import (
     ApiToken,
@@ -51,13 +43,7 @@ __all__ = [
     "DistrictSummary",
     "KnownLines",
     "MetricFacts",
-    "OutboxItem",
-    "QueuedEmail",
     "RunNotFound",
-    "RunRecord",
     "Store",
-    "UploadStatus",
     "database_path",
-    "iso",
-    "utc_now",
 ]
