@@ -33,10 +33,10 @@ from jsonschema import Draft202012Validator
 from processing.config import Config, ServerSettings, SmtpSettings, WebSettings
 from processing.config_check import CONFIG_KEYS
 from processing.error_codes import ERROR_CODES, fix_line, markdown_table
-from processing.model import FileCode, RowCode
+from processing.model import FileCode, RowCode, UploadJob
 from processing.passwords import StudentPasswords
 from processing.runner import Runner, RunOutcome
-from processing.spool import UploadJob, spool_copy
+from processing.spool import spool_copy
 from processing.store import Store, database_path
 from server.cli import main
 from tests.conftest import (

@@ -13,11 +13,11 @@ import pytest
 from attrs import frozen
 
 from processing.config import Config
-from processing.model import RunRecord, utc_now
+from processing.model import RunRecord, UploadJob, utc_now
 from processing.passwords import StudentPasswords
 from processing.run_queue import ProcessingQueue
 from processing.runner import Runner
-from processing.spool import UploadJob, spool_copy, spool_files
+from processing.spool import spool_copy, spool_files
 from processing.store import Store, database_path
 from tests.conftest import SPR, assert_invariant, eams, make_config, student, write_csv
 

@@ -6,12 +6,12 @@ import json
 from pathlib import Path
 
 from processing.config import Config
-from processing.model import utc_now
+from processing.model import UploadJob, utc_now
 from processing.passwords import StudentPasswords
 from processing.run_executor import RunExecutor
 from processing.run_queue import ProcessingQueue
 from processing.runner import Runner, RunOutcome
-from processing.spool import UploadJob, spool_copy
+from processing.spool import spool_copy
 from processing.store import Store, database_path
 from tests.conftest import assert_invariant, make_config, student, write_csv
 

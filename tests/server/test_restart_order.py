@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import Any
 
 from processing.config import Config
-from processing.model import utc_now
-from processing.spool import UploadJob, spool_copy
+from processing.model import UploadJob, utc_now
+from processing.spool import spool_copy
 from processing.store import Store, database_path
 from tests.conftest import SPR, ServerHandle, csv_text, server_config, student, write_csv
 
