@@ -21,8 +21,6 @@ from pathlib import Path
 
 from processing.model import FileFacts, UploadJob, utc_now
 
-
-
 CLI_SOURCE = "eams process "  # + the file's own name
 
 
