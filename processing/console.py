@@ -84,10 +84,10 @@ async def district_page(
     """A district's sync status, licenses, chart, runs and held runs; None if unknown."""
     if district_id not in config.districts:
         return None
-    summaries = {s.district_id: s for s in await store.district_summaries()}
-    summary = summaries.get(district_id)
-    if summary is None:
+    summaries = await store.district_summaries(district_id)  # its row only, not 1,000
+    if not summaries:
         return None
+    summary = summaries[0]
     district = config.district(district_id)
     runs = await store.runs_page(district_id, limit=RUNS_PER_PAGE + 1, before=before)
     older = runs[RUNS_PER_PAGE - 1].run_id if len(runs) > RUNS_PER_PAGE else None

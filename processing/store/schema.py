@@ -155,8 +155,11 @@ MIGRATIONS: tuple[str, ...] = (
     """,
     # 7: the web console (SPEC §8): who decided a held run and when; the audit log;
     # runs by district in order (paginated pages); students found by a
-    # case-insensitive prefix of their id or names across districts (usernames
-    # already have their lower-cased unique index)
+    # case-insensitive prefix of their id, username or names, in a district or
+    # across districts (processing/store/console.py): per district, so a district's
+    # search reads its own students only, and on the column itself (NOCASE, not
+    # lower(...)), so a prefix's students are read from the index alone (the unique
+    # index on username_key does neither: SQLite reads the table for its district)
     """
     ALTER TABLE runs ADD COLUMN decided_by TEXT;
     ALTER TABLE runs ADD COLUMN decided_at TEXT;
@@ -170,9 +173,10 @@ MIGRATIONS: tuple[str, ...] = (
         detail TEXT NOT NULL,
         address TEXT NOT NULL
     );
-    CREATE INDEX students_by_id ON students (lower(student_id));
-    CREATE INDEX students_by_first ON students (lower(first_name));
-    CREATE INDEX students_by_last ON students (lower(last_name));
+    CREATE INDEX students_by_id ON students (district_id, student_id COLLATE NOCASE);
+    CREATE INDEX students_by_username ON students (district_id, username_key);
+    CREATE INDEX students_by_first ON students (district_id, first_name COLLATE NOCASE);
+    CREATE INDEX students_by_last ON students (district_id, last_name COLLATE NOCASE);
     """,
     # 8: API tokens for operators' scripts (SPEC §9): only a hash of each is kept
     """
