@@ -8,12 +8,10 @@ import json
 import re
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from processing.store import database_path
 from tests.conftest import SFTP_PASSWORD, SHE, SPR, eams, finished_runs, student
@@ -25,18 +23,9 @@ from tests.server.web_fixtures import (
     page_csrf,
     sign_in,
     upload,
-    web_server,
 )
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture
-async def web(
-    tmp_path: Path, shared_host_keys: Path, client_key: tuple[Path, str]
-) -> AsyncIterator[WebHandle]:
-    async for handle in web_server(tmp_path, shared_host_keys, client_key):
-        yield handle
 
 
 async def get_json(client: aiohttp.ClientSession, path: str, **kwargs: Any) -> tuple[int, Any]:

@@ -7,8 +7,6 @@ import asyncio
 import re
 import statistics
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import aiohttp
 import asyncssh
@@ -25,16 +23,7 @@ from tests.server.web_fixtures import (
     page_csrf,
     sign_in,
     upload,
-    web_server,
 )
-
-
-@pytest.fixture
-async def web(
-    tmp_path: Path, shared_host_keys: Path, client_key: tuple[Path, str]
-) -> AsyncIterator[WebHandle]:
-    async for handle in web_server(tmp_path, shared_host_keys, client_key):
-        yield handle
 
 
 def security_headers_ok(response: aiohttp.ClientResponse) -> None:
