@@ -418,7 +418,7 @@ def build(folder: Path, districts: int, students: int, seed: int) -> Built:
     middle = ids[len(ids) // 2]
     sample = db.execute(
         "SELECT student_id FROM students WHERE district_id = ? AND student_id NOT LIKE 'S%' "
-        "LIMIT 1",
+        "ORDER BY student_id LIMIT 1",
         (middle,),
     ).fetchone()
     # And one of the biggest district: its middle student's id, all but the last 3 characters.
@@ -558,6 +558,8 @@ async def measure(built: Built, requests: int) -> tuple[list[Figures], list[str]
                 (operator, f"cross-district search, rare prefix {built.rare!r}",
                  f"/students?q={built.rare}", rows_of("students")),
                 (operator, "cross-district search, one letter 's'", "/students?q=s",
+                 rows_of("students")),
+                (operator, "cross-district search, 'ma', page 40", "/students?q=ma&page=40",
                  rows_of("students")),
                 (operator, "run page, many rejected rows",
                  f"/districts/{big}/runs/{built.many_errors_run}", rows_of("rejected")),

@@ -81,8 +81,8 @@ _SUMMARIES: dict[str, tuple[tuple[Any, ...], DistrictSummary]] = {}
 def _summary(row: sqlite3.Row) -> DistrictSummary:
     """A `district_summaries` row as a summary.
 
-    Parsing a district's last result JSON and its timestamps costs more than the
-    query (60 ms for 1,000 districts, bench/console.py), and between two page
+    Parsing a district's last result JSON and its timestamps costs three times
+    the query (40 ms for 1,000 districts, bench/console.py), and between two page
     loads most rows are unchanged: the summary made last time from the very same
     row values is returned again (summaries are immutable), else a new one is made
     and kept in its place, one per district.
@@ -258,9 +258,9 @@ class ConsoleTable(Connection):
                     f"SELECT count(*) FROM ({upto} LIMIT :need)", params
                 )
                 found = next(iter(counted))[0]
-            if not found or need * window // found * 2 > SEARCH_SCAN_LIMIT:
+            window = max(window + 1, need * window // found * 2) if found else 0
+            if not window or window > SEARCH_SCAN_LIMIT:
                 return None
-            window = need * window // found * 2
 
     async def _search_by_index(
         self, params: dict[str, Any], *, by_district: bool
