@@ -2,8 +2,23 @@
 
 A district's runs must apply in upload order (each sees the state the one
 before left), so every district has its own FIFO and one worker task. Runs
-of different districts proceed in parallel up to `parallel` at once: the
-CPU-heavy part of a run is in a worker thread, and two cores serve two runs.
+of different districts proceed in parallel, in two lanes (docs/capacity.md):
+
+- small files, run in this process: up to `parallel` (SMALL_PARALLEL) at once.
+  A small run spends most of its time waiting (its file read and decided in a
+  worker thread, SQLite, fsyncs of the spool, results and email), so several
+  overlap; two at a time left a core idle while 2,000 districts' nightly runs
+  queued (bench/capacity.py);
+- files the executor sends to a worker process (`big_run_bytes`, 4 MiB): up to
+  its `workers` at once, in slots of their own, so a big district's run never
+  holds up the small runs behind it.
+
+In a lane, waiting runs start by arrival plus a handicap for their size (one
+second per SIZE_HANDICAP bytes): when every district uploads at 02:00, the
+small files (most districts) go first, and a bigger file is passed by at most
+its handicap's worth of later arrivals, never starved. A district's scripts
+poll results/ until their result is there, so the sooner most results are
+written the less the server spends answering polls.
 
 `nightly@HH:MM` districts keep their queued runs until that local time: a run
 is due at the first HH:MM after its upload was received, so every upload
@@ -17,12 +32,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 
 from processing.config import District
 from processing.model import RunRecord, UploadJob
+from processing.priority_slots import PrioritySlots
 from processing.runner import Runner, RunOutcome
 from processing.store import Store
 
@@ -31,6 +48,8 @@ log = logging.getLogger("eams.queue")
 INTAKE_WAIT = 0.5  # seconds a CLOSE waits for its run record before it is answered anyway
 RECORD_RETRY_FIRST = 0.5  # a run record that could not be written is tried again after this
 RECORD_RETRY_MAX = 30.0  # ... doubling up to this
+SMALL_PARALLEL = 4  # in-process runs at once (bench/capacity.py: 2, 4 and 8 measured)
+SIZE_HANDICAP = 20_000  # bytes a waiting run's file adds one second to its arrival
 
 
 def nightly_due(at: tuple[int, int], received: datetime) -> datetime:
@@ -47,7 +66,7 @@ class ProcessingQueue:
         runner: Runner,
         intake: Store,
         *,
-        parallel: int = 2,
+        parallel: int = SMALL_PARALLEL,
         local_now: Callable[[], datetime] = datetime.now,
         execute: Callable[[RunRecord], Awaitable[RunOutcome]] | None = None,
         on_finished: Callable[[RunOutcome], None] | None = None,
@@ -57,7 +76,10 @@ class ProcessingQueue:
         # Told of every finished run, wherever it ran (wake the sender, count metrics).
         self.on_finished = on_finished
         self.intake = intake  # a separate connection, so acknowledging is never slow
-        self._slots = asyncio.Semaphore(parallel)
+        self._slots = PrioritySlots(parallel)
+        # The executor's worker processes, when it has them (processing/run_executor.py).
+        self._big_bytes: int | None = getattr(self.execute, "big_run_bytes", None)
+        self._big_slots = PrioritySlots(getattr(self.execute, "workers", parallel))
         self._queues: dict[str, asyncio.Queue[RunRecord]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._busy = 0
@@ -208,7 +230,8 @@ class ProcessingQueue:
                             district.schedule,
                         )
                         await asyncio.sleep(delay)
-                async with self._slots:
+                lane, size = self._lane(record)
+                async with lane.slot(record.received_at.timestamp() + size / SIZE_HANDICAP):
                     if self._stopping:
                         continue
                     self._active.add(key)
@@ -235,6 +258,16 @@ class ProcessingQueue:
                 self._busy -= 1
                 if self._busy == 0:
                     self._idle.set()
+
+    def _lane(self, record: RunRecord) -> tuple[PrioritySlots, int]:
+        """(the worker processes' lane for a file the executor runs there, else this
+        process's; the file's size, which is what the executor decides by)."""
+        try:
+            size = os.path.getsize(record.spool_path) if record.spool_path else 0
+        except OSError:
+            size = 0
+        big = self._big_bytes is not None and size >= self._big_bytes
+        return (self._big_slots if big else self._slots), size
 
     async def run_now(self, record: RunRecord) -> RunOutcome:
         """Execute one run (in a worker process when big) and tell `on_finished`: the queue's

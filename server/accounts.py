@@ -8,7 +8,7 @@ District account passwords are few and guard a whole district's roster, so
 they are hashed with scrypt (unlike student passwords, SPEC §4). A login for an
 unknown user, or for a district that only has keys, runs one scrypt against a
 dummy hash, so the time a refusal takes does not tell an attacker which
-usernames exist.
+usernames exist. The checks run in a pool of their own (server/password_checks.py).
 """
 
 from __future__ import annotations
@@ -283,6 +283,11 @@ class BanList:
             self._entries[key] = evolve(entry, pending=pending)
         else:
             del self._entries[key]
+
+    def failures(self, address: str) -> int:
+        """Recent failed logins of `address` (0 for one never seen failing)."""
+        entry = self._entries.get(_key(address))
+        return entry.failures if entry is not None else 0
 
     def is_banned(self, address: str) -> bool:
         """True while the address's ban lasts."""

@@ -12,7 +12,9 @@ moment they apply, so a SIGHUP changes them for the next connection:
   a key exchange or holds a descriptor for the 60 s login grace.
 - bans (`server.accounts.BanList`): an attempt is reserved before scrypt runs,
   so parallel guesses from one address get at most `login_attempts` checks; a
-  connection that ends unsigned after a rejected public key counts once.
+  connection that ends unsigned after a rejected public key counts once. scrypt
+  runs in its own bounded pool, addresses without failures first
+  (server/password_checks.py, docs/capacity.md).
 - per district: at most `max_sessions_per_district` signed-in connections;
   one more is refused with `too many sessions for this district`, checked
   before asyncssh answers USERAUTH_SUCCESS so the client shows the reason.
@@ -35,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 import asyncssh
 
 from server.accounts import Attempt, BanList, address_key
+from server.password_checks import PasswordChecks
 
 if TYPE_CHECKING:
     from server.app import EamsServer
@@ -100,6 +103,7 @@ class LoginLimits:
         self._by_district: Counter[str] = Counter()
         self._attempts_changed = asyncio.Event()
         self.throttle = LogThrottle()
+        self.password_checks = PasswordChecks()  # scrypt: bounded, clean addresses first
 
     def admit(self, address: str, max_total: int, max_per_address: int) -> str | None:
         """Count a new connection not yet signed in; else the reason it is refused."""
@@ -213,7 +217,10 @@ class DistrictSSHServer(asyncssh.SSHServer):
         self.username = username
         bans = await self._reserve_attempt()
         try:
-            district = await asyncio.to_thread(self.app.accounts.check_password, username, password)
+            accounts = self.app.accounts
+            district = await self.limits.password_checks.run(
+                bans.failures(self.address), lambda: accounts.check_password(username, password)
+            )
         except BaseException:
             # Cancelled while scrypt ran (the client sent another request or went
             # away): the guess was made, so it counts.
