@@ -65,19 +65,54 @@ def prepare_home(home: Path) -> None:
 
 
 class EamsServer:
+    """The server's parts, built here up front and started in order by `start()`.
+
+    Like a Controller: `__init__` builds every part from the config (the
+    database connections are made but not opened; the web console only when
+    [web] is set); `start()` opens, recovers and listens; `stop()` undoes it.
+    """
+
     def __init__(
         self, config: Config, *, port: int | None = None, web_port: int | None = None
     ) -> None:
+        settings = config.server
         self.config = config
-        self.port = config.server.port if port is None else port
+        self.port = settings.port if port is None else port
         self.web_port = web_port  # None: [web] port (tests give 0)
-        self.web: WebConsole | None = None
         self.metrics = Metrics()
+        self.accounts = Accounts(config)
+        self.bans = BanList(settings.login_attempts, settings.ban_minutes)
+        self.logins = LoginLimits()
+        database = database_path(settings.data)
+        # Four connections to one database, so no part waits behind another's
+        # transaction: runs (long bulk writes), recording accepted uploads (a
+        # CLOSE's answer), the sender (marking an email sent right after the
+        # mail server's 250) and the web console's pages.
+        self.store = Store(database)
+        self.intake = Store(database)
+        self.outbox = Store(database)
+        self.console_store = Store(database)
+        self.runner = Runner(config, self.store, StudentPasswords.from_data_dir(settings.data))
+        self.executor = RunExecutor(self.runner)
+        self.queue = ProcessingQueue(
+            self.runner, self.intake, execute=self.executor, on_finished=self._run_finished
+        )
+        self.queue.on_accepted = lambda job: self.metrics.upload_accepted(
+            job.district_id, job.dry_run
+        )
+        self.uploads = Uploads(
+            self.queue, settings.data, settings.max_upload_bytes, limits=lambda: self.config.server
+        )
+        self.sender = Sender(
+            self.outbox,
+            lambda: self.config.smtp,
+            lambda: self.config.sender,
+            settings.data / "outbox",
+        )
+        self.sender.on_sent = self.metrics.email_sent
         self.live_metrics = LiveFacts(lambda: self.queue.depth, lambda: len(self.sessions))
         self.metrics.add_live(self.live_metrics)
-        self.accounts = Accounts(config)
-        self.bans = BanList(config.server.login_attempts, config.server.ban_minutes)
-        self.logins = LoginLimits()
+        self.web = self._web_console()
         self.accept_errors: AcceptErrors | None = None
         self.connections: weakref.WeakSet[asyncssh.SSHServerConnection] = weakref.WeakSet()
         self.sessions: weakref.WeakSet[DistrictSFTPServer] = weakref.WeakSet()
@@ -87,9 +122,37 @@ class EamsServer:
         self.stopped = asyncio.Event()
         self.sender_task: asyncio.Task[None] | None = None
 
+    def _web_console(self) -> WebConsole | None:
+        """The web console when [web] is set (SPEC §8), reading through its own connection."""
+        web = self.config.web
+        if web is None or (web.port == 0 and self.web_port is None):
+            return None
+        operations = Operations(
+            database=lambda: database_path(self.config.server.data),
+            sftp_accepting=self._sftp_accepting,
+            queue_depth=lambda: self.queue.depth,
+            metrics=self.metrics,
+            live=self.live_metrics,
+            store_facts=self.console_store.metric_facts,
+            allowed=lambda: self.config.web.metrics_allow if self.config.web else (),
+            remote=peer_address,
+        )
+        console = WebConsole(
+            lambda: self.config,
+            self.console_store,
+            self.runner,
+            lambda: self.bans,
+            execute=self.queue.run_now,
+            port=self.web_port,
+            extra_routes=operations.add_routes,
+        )
+        console.on_login_failed = lambda: self.metrics.login_failed("web")
+        return console
+
     # ---- start / stop ------------------------------------------------------------------
 
     async def start(self) -> None:
+        """Open the database, recover what the last stop left, then listen."""
         settings = self.config.server
         for district_id in self.config.districts:
             prepare_home(settings.homes / district_id)
@@ -100,36 +163,14 @@ class EamsServer:
         host_keys = await asyncio.to_thread(lambda: [asyncssh.read_private_key(k) for k in keys])
         for line in await asyncio.to_thread(fingerprints, settings.host_keys):
             log.info("host key %s", line)
-        self.store = await Store.open(database_path(settings.data))
-        self.intake = await Store.open(database_path(settings.data))
-        # The sender's own connection: marking an email sent after the mail server's
-        # 250 must not queue behind a run's reads and writes on the runs' connection.
-        self.outbox = await Store.open(database_path(settings.data))
+        for store in (self.store, self.intake, self.outbox):
+            await store.connect()
         for warning in await self.store.sync_config(self.config):
             log.warning("%s", warning)
-        passwords = await asyncio.to_thread(StudentPasswords.from_data_dir, settings.data)
-        self.runner = Runner(self.config, self.store, passwords)
-        self.executor = RunExecutor(self.runner)
-        self.queue = ProcessingQueue(
-            self.runner, self.intake, execute=self.executor, on_finished=self._run_finished
-        )
-        self.uploads = Uploads(
-            self.queue, settings.data, settings.max_upload_bytes, limits=lambda: self.config.server
-        )
         # Before the port opens no upload is live: staging files are a killed run's leftovers.
         await self.uploads.remove_staging_leftovers(
             [settings.homes / d for d in self.config.districts]
         )
-        self.sender = Sender(
-            self.outbox,
-            lambda: self.config.smtp,
-            lambda: self.config.sender,
-            settings.data / "outbox",
-        )
-        self.queue.on_accepted = lambda job: self.metrics.upload_accepted(
-            job.district_id, job.dry_run
-        )
-        self.sender.on_sent = self.metrics.email_sent
         self.sender_task = asyncio.create_task(self.sender.run(), name="sender")
         self._tasks.append(self.sender_task)
         # What the last stop (or crash) left is queued BEFORE the port opens, so a
@@ -198,36 +239,16 @@ class EamsServer:
         return self.ssh is not None and bool(self.ssh.sockets) and not self.stopped.is_set()
 
     async def _start_web(self) -> None:
-        """The web console, when [web] is set (SPEC §8), on its own database connection so
-        its pages never wait behind a run's transaction on the runs' connection."""
-        web = self.config.web
-        if web is None or (web.port == 0 and self.web_port is None):
+        """Open the console's connection and listen; a port in use is logged, SFTP goes on."""
+        if self.web is None:
             return
-        self.console_store = await Store.open(database_path(self.config.server.data))
-        operations = Operations(
-            database=lambda: database_path(self.config.server.data),
-            sftp_accepting=self._sftp_accepting,
-            queue_depth=lambda: self.queue.depth,
-            metrics=self.metrics,
-            live=self.live_metrics,
-            store_facts=self.console_store.metric_facts,
-            allowed=lambda: self.config.web.metrics_allow if self.config.web else (),
-            remote=peer_address,
-        )
-        self.web = WebConsole(
-            lambda: self.config,
-            self.console_store,
-            self.runner,
-            lambda: self.bans,
-            execute=self.queue.run_now,
-            port=self.web_port,
-            extra_routes=operations.add_routes,
-        )
-        self.web.on_login_failed = lambda: self.metrics.login_failed("web")
+        await self.console_store.connect()
         try:
             await self.web.start()
         except OSError as exc:
-            log.error("web console not started: %s", bind_message(web.listen, web.port, exc))
+            web = self.config.web
+            where = bind_message(web.listen, web.port, exc) if web else str(exc)
+            log.error("web console not started: %s", where)
             self.web = None
 
     @property
@@ -260,15 +281,14 @@ class EamsServer:
             await self.ftp.wait_closed()
         if self.accept_errors is not None:
             await self.accept_errors.uninstall()
+        self.logins.password_checks.close()
         await self._close_stores()
         log.info("stopped")
         self.stopped.set()
 
     async def _close_stores(self) -> None:
-        for name in ("store", "intake", "outbox", "console_store"):
-            store = getattr(self, name, None)
-            if store is not None:
-                await store.close()
+        for store in (self.store, self.intake, self.outbox, self.console_store):
+            await store.close()
 
     # ---- sessions ----------------------------------------------------------------------
 

@@ -30,7 +30,8 @@ from processing.store.students import KnownLines, StudentsTable
 
 
 class Store(RunsTable, StudentsTable, OutboxTable, DistrictsTable, ConsoleTable, OperationsTable):
-    """One connection to the database. Open with `await Store.open(path)`."""
+    """One connection to the database: `Store(path)` then `await store.connect()`, or
+    `await Store.open(path)`."""
 
 
 __all__ = [

@@ -75,18 +75,41 @@ def serialized(
 
 
 class Connection:
-    """One aiosqlite connection. Open with `await Store.open(path)`."""
+    """One aiosqlite connection to the database at `path`.
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
-        self.db = db
+    Built unconnected (`Store(path)`), so a server can build its parts up front
+    and connect them when it starts; `await store.connect()` opens it.
+    `await Store.open(path)` does both.
+    """
+
+    def __init__(self, path: Path) -> None:
         self.path = path
+        self._db: aiosqlite.Connection | None = None
         self._lock = asyncio.Lock()
 
     @classmethod
     async def open(cls, path: Path) -> Self:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        private_database(path)
-        db = await aiosqlite.connect(path, isolation_level=None)
+        store = cls(path)
+        await store.connect()
+        return store
+
+    @property
+    def db(self) -> aiosqlite.Connection:
+        if self._db is None:
+            raise RuntimeError(f"the store for {self.path} is not connected yet")
+        return self._db
+
+    @property
+    def connected(self) -> bool:
+        return self._db is not None
+
+    async def connect(self) -> None:
+        """Open the connection and bring the schema up to date (once)."""
+        if self._db is not None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        private_database(self.path)
+        db = await aiosqlite.connect(self.path, isolation_level=None)
         db.row_factory = sqlite3.Row
         await db.execute("PRAGMA journal_mode = WAL")
         await db.execute("PRAGMA synchronous = FULL")
@@ -95,13 +118,15 @@ class Connection:
         # 64 MiB page cache: a 500,000-student upsert overflows the 2 MiB default
         # and runs twice as slow (bench/throughput.py).
         await db.execute("PRAGMA cache_size = -65536")
-        store = cls(db, path)
-        async with store.transaction():
+        self._db = db
+        async with self.transaction():
             await migrate(db)
-        return store
 
     async def close(self) -> None:
-        await self.db.close()
+        """Close the connection if it was opened (a server that failed to start)."""
+        if self._db is not None:
+            db, self._db = self._db, None
+            await db.close()
 
     @contextlib.asynccontextmanager
     async def transaction(self) -> AsyncIterator[aiosqlite.Connection]:
