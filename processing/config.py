@@ -13,7 +13,7 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 DISTRICT_ID = re.compile(r"[a-z0-9][a-z0-9-]*\Z")
 USERNAME = re.compile(r"[A-Za-z0-9._@-]{1,64}\Z")
@@ -152,6 +152,11 @@ class Config:
         from processing.config_check import check  # the checks need these types
 
         return check(path, raw)
+
+    def only(self, district_id: str) -> Config:
+        """This config with one district: what a worker process needs for one run (a
+        2,000-district config pickled for every run cost more than the run)."""
+        return evolve(self, districts={district_id: self.district(district_id)})
 
     def district(self, district_id: str) -> District:
         try:

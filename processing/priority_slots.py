@@ -25,6 +25,11 @@ class PrioritySlots:
         self._arrival = itertools.count()
 
     @property
+    def free(self) -> bool:
+        """A slot would be taken at once (none free, or others already waiting: no)."""
+        return self._free > 0 and not self._waiting
+
+    @property
     def waiting(self) -> int:
         return sum(1 for *_, turn in self._waiting if not turn.done())
 

@@ -4,14 +4,17 @@ A district's runs must apply in upload order (each sees the state the one
 before left), so every district has its own FIFO and one worker task. Runs
 of different districts proceed in parallel, in two lanes (docs/capacity.md):
 
-- small files, run in this process: up to `parallel` (SMALL_PARALLEL) at once.
-  A small run spends most of its time waiting (its file read and decided in a
-  worker thread, SQLite, fsyncs of the spool, results and email), so several
-  overlap; two at a time left a core idle while 2,000 districts' nightly runs
-  queued (bench/capacity.py);
+- small files: up to `parallel` (SMALL_PARALLEL) plus the executor's
+  `workers` at once. A small run spends much of its time waiting (its file
+  read and decided in a worker thread, SQLite, fsyncs of the spool, results
+  and email), so several overlap. One alone runs in this process; while this
+  process has one in progress, the next goes to an idle worker process
+  (`_place`): this process has one GIL, shared with every SSH session, and at
+  02:00 it, not the cores, was the limit (bench/capacity.py);
 - files the executor sends to a worker process (`big_run_bytes`, 4 MiB): up to
   its `workers` at once, in slots of their own, so a big district's run never
-  holds up the small runs behind it.
+  holds up the small runs behind it (and a small run never waits in a worker
+  behind a big one: it goes to a worker only when one is idle).
 
 In a lane, waiting runs start by arrival plus a handicap for their size (one
 second per SIZE_HANDICAP bytes): when every district uploads at 02:00, the
@@ -52,6 +55,14 @@ SMALL_PARALLEL = 4  # in-process runs at once (bench/capacity.py: 2, 4 and 8 mea
 SIZE_HANDICAP = 20_000  # bytes a waiting run's file adds one second to its arrival
 
 
+def _file_size(record: RunRecord) -> int:
+    """The run's file size, which decides its lane (the executor decides by it too)."""
+    try:
+        return os.path.getsize(record.spool_path) if record.spool_path else 0
+    except OSError:
+        return 0
+
+
 def nightly_due(at: tuple[int, int], received: datetime) -> datetime:
     """The first local HH:MM strictly after local `received` (both naive local times)."""
     target = received.replace(hour=at[0], minute=at[1], second=0, microsecond=0)
@@ -68,18 +79,23 @@ class ProcessingQueue:
         *,
         parallel: int = SMALL_PARALLEL,
         local_now: Callable[[], datetime] = datetime.now,
-        execute: Callable[[RunRecord], Awaitable[RunOutcome]] | None = None,
+        execute: Callable[..., Awaitable[RunOutcome]] | None = None,
         on_finished: Callable[[RunOutcome], None] | None = None,
     ) -> None:
         self.runner = runner
-        self.execute = execute or runner.run  # server: small runs here, big ones in a worker
+        # The server gives its RunExecutor (small runs here, big ones in a worker process).
+        self.execute: Callable[..., Awaitable[RunOutcome]] = execute or runner.run
         # Told of every finished run, wherever it ran (wake the sender, count metrics).
         self.on_finished = on_finished
         self.intake = intake  # a separate connection, so acknowledging is never slow
-        self._slots = PrioritySlots(parallel)
         # The executor's worker processes, when it has them (processing/run_executor.py).
         self._big_bytes: int | None = getattr(self.execute, "big_run_bytes", None)
-        self._big_slots = PrioritySlots(getattr(self.execute, "workers", parallel))
+        self._workers_n: int = getattr(self.execute, "workers", 0) if self._big_bytes else 0
+        self._parallel = parallel
+        self._slots = PrioritySlots(parallel + self._workers_n)  # small files
+        self._big_slots = PrioritySlots(max(1, self._workers_n))  # files for the workers
+        self._running_here = 0
+        self._running_in_workers = 0
         self._queues: dict[str, asyncio.Queue[RunRecord]] = {}
         self._workers: dict[str, asyncio.Task[None]] = {}
         self._busy = 0
@@ -230,15 +246,19 @@ class ProcessingQueue:
                             district.schedule,
                         )
                         await asyncio.sleep(delay)
-                lane, size = self._lane(record)
+                size = _file_size(record)
+                big = self._big_bytes is not None and size >= self._big_bytes
+                lane = self._big_slots if big else self._slots
                 async with lane.slot(record.received_at.timestamp() + size / SIZE_HANDICAP):
                     if self._stopping:
                         continue
+                    in_worker = self._place(big)
                     self._active.add(key)
                     self._quiet.clear()
                     try:
-                        await self.run_now(record)
+                        await self.run_now(record, in_worker=in_worker)
                     finally:
+                        self._placed(in_worker, -1)
                         self._active.discard(key)
                         if not self._active:
                             self._quiet.set()
@@ -259,20 +279,38 @@ class ProcessingQueue:
                 if self._busy == 0:
                     self._idle.set()
 
-    def _lane(self, record: RunRecord) -> tuple[PrioritySlots, int]:
-        """(the worker processes' lane for a file the executor runs there, else this
-        process's; the file's size, which is what the executor decides by)."""
-        try:
-            size = os.path.getsize(record.spool_path) if record.spool_path else 0
-        except OSError:
-            size = 0
-        big = self._big_bytes is not None and size >= self._big_bytes
-        return (self._big_slots if big else self._slots), size
+    def _place(self, big: bool) -> bool | None:
+        """Where a run that got its slot executes: True in a worker process, False here,
+        None when there are no workers (the executor decides).
 
-    async def run_now(self, record: RunRecord) -> RunOutcome:
-        """Execute one run (in a worker process when big) and tell `on_finished`: the queue's
-        own runs, and an approved held run, decided from the console at once."""
-        outcome = await self.execute(record)
+        A big file always goes to a worker. A small one goes to an idle worker when
+        this process already has a run in progress (the backlog of 02:00, when this
+        process's one GIL, shared with every SSH session, was the limit), and runs
+        here otherwise: alone, a small run is fastest without a hand-off.
+        """
+        if self._workers_n == 0:
+            in_worker = None
+        elif big:
+            in_worker = True
+        else:
+            in_worker = self._running_here > 0 and self._running_in_workers < self._workers_n
+        self._placed(in_worker, +1)
+        return in_worker
+
+    def _placed(self, in_worker: bool | None, change: int) -> None:
+        if in_worker:
+            self._running_in_workers += change
+        else:
+            self._running_here += change
+
+    async def run_now(self, record: RunRecord, *, in_worker: bool | None = None) -> RunOutcome:
+        """Execute one run and tell `on_finished`: the queue's own runs, and an approved
+        held run, decided from the console at once. `in_worker` (None: the executor
+        decides by size) is given to an executor that has worker processes."""
+        if in_worker is None:
+            outcome = await self.execute(record)
+        else:
+            outcome = await self.execute(record, in_worker=in_worker)
         if self.on_finished is not None:
             self.on_finished(outcome)
         return outcome

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
+
+import pytest
 
 from processing.config import Config
 from processing.model import UploadJob, utc_now
@@ -13,7 +16,7 @@ from processing.run_queue import ProcessingQueue
 from processing.runner import Runner, RunOutcome
 from processing.spool import spool_copy
 from processing.store import Store, database_path
-from tests.conftest import assert_invariant, make_config, student, write_csv
+from tests.conftest import assert_invariant, make_config, student, wait_for, write_csv
 
 
 def rows(status: str, n: int = 40) -> list[list[str]]:
@@ -88,3 +91,64 @@ async def test_small_runs_stay_in_process(tmp_path: Path) -> None:
         await store.close()
     assert outcome.result.added == 5
     assert executor._pool is None  # no worker process was started
+
+
+async def test_small_runs_go_to_an_idle_worker_while_this_process_is_busy(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At 02:00 this process always has a run in progress; the next small runs then go
+    to idle worker processes (each its own GIL), and commit exactly as in-process."""
+    config_path = make_config(tmp_path, districts=("springfield", "shelbyville"))
+    config = Config.from_toml(config_path)
+    data = config.server.data
+    store = await Store.open(database_path(data))
+    await store.sync_config(config)
+    runner = Runner(config, store, StudentPasswords.from_data_dir(data))
+    finished: list[RunOutcome] = []
+    executor = RunExecutor(runner, workers=1)  # default threshold: every file here is small
+    queue = ProcessingQueue(
+        runner, store, parallel=1, execute=executor, on_finished=finished.append
+    )
+    # A long run is in progress in this process (its slot taken, counted as running here).
+    await queue._slots.acquire(0)
+    queue._placed(False, +1)
+    caplog.set_level(logging.INFO, "eams.workers")
+    try:
+        for district_id in ("springfield", "shelbyville"):
+            upload = write_csv(tmp_path / f"{district_id}.csv", rows("A", 5))
+            spooled, size = spool_copy(upload, data, district_id)
+            await queue.submit(UploadJob(district_id, spooled, size, utc_now(), "students.csv"))
+        # One worker: springfield's run there, then shelbyville's, while the long run
+        # here still holds its slot.
+        await wait_for(lambda: len(finished) == 2, message="both runs, in the worker")
+    finally:
+        queue._placed(False, -1)
+        queue._slots.release()
+        await queue.stop()
+        executor.close()
+        await store.close()
+    assert [o.record.district_id for o in finished] == ["springfield", "shelbyville"]
+    assert [(o.result.state, o.result.rows) for o in finished] == [("done", 5)] * 2
+    sent = [r.getMessage() for r in caplog.records if "goes to a worker" in r.getMessage()]
+    assert [m.split()[1] for m in sent] == ["springfield", "shelbyville"]
+    assert_invariant(config_path)
+
+
+async def test_a_small_run_alone_stays_in_this_process(tmp_path: Path) -> None:
+    config_path = make_config(tmp_path)
+    config = Config.from_toml(config_path)
+    store = await Store.open(database_path(config.server.data))
+    await store.sync_config(config)
+    runner = Runner(config, store, StudentPasswords.from_data_dir(config.server.data))
+    executor = RunExecutor(runner)
+    queue = ProcessingQueue(runner, store, execute=executor)
+    try:
+        upload = write_csv(tmp_path / "small.csv", rows("A", 5))
+        spooled, size = spool_copy(upload, config.server.data, "springfield")
+        await queue.submit(UploadJob("springfield", spooled, size, utc_now(), "students.csv"))
+        await queue.wait_idle()
+        assert executor._pool is None  # no worker process was started
+    finally:
+        await queue.stop()
+        executor.close()
+        await store.close()
