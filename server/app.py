@@ -32,10 +32,11 @@ from processing.stale import check_stale
 from processing.store import Store, database_path
 from server.accept_errors import AcceptErrors
 from server.accounts import Accounts, BanList
+from server.admission import AdmissionGate
 from server.algorithms import host_key_pairs, server_options
 from server.ftp_refusal import start_ftp_refusal
 from server.hostkeys import ensure_host_keys, fingerprints
-from server.logins import DistrictSSHServer, LoginLimits
+from server.logins import DistrictSSHServer, LoginLimits, refused_at_accept
 from server.metrics import LiveFacts, Metrics
 from server.sftp import DistrictSFTPServer
 from server.uploads import Uploads, sweep
@@ -193,6 +194,7 @@ class EamsServer:
                 lambda: DistrictSSHServer(self),
                 settings.listen,
                 self.port,
+                tunnel=AdmissionGate(lambda peer: refused_at_accept(self, peer)),
                 server_host_keys=host_key_pairs(host_keys),
                 **server_options(),
                 sftp_factory=self._sftp_session,

@@ -145,6 +145,18 @@ class LoginLimits:
         await self._attempts_changed.wait()
 
 
+def refused_at_accept(app: EamsServer, peer: str) -> tuple[int, str] | None:
+    """(disconnect code, reason) for a connection to refuse as soon as it is accepted
+    (server/admission.py): a banned address. None lets it through to asyncssh."""
+    address = address_key(peer)
+    if not app.bans.is_banned(address):
+        return None
+    left_out = app.logins.throttle.allow(f"banned {address}")
+    if left_out is not None:
+        log.warning("refused connection from banned address %s%s", address, left_out_note(left_out))
+    return asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, BANNED
+
+
 class DistrictSSHServer(asyncssh.SSHServer):
     """One SSH connection: password/key logins, the limits above, login log lines."""
 
@@ -168,12 +180,7 @@ class DistrictSSHServer(asyncssh.SSHServer):
         peer = conn.get_extra_info("peername")
         self.address = address_key(str(peer[0])) if peer else "?"
         settings = self.app.config.server
-        if self.app.bans.is_banned(self.address):
-            self._note(
-                f"banned {self.address}", "refused connection from banned address %s", self.address
-            )
-            self._refuse(asyncssh.DISC_NO_MORE_AUTH_METHODS_AVAILABLE, BANNED)
-            return
+        # A banned address was refused before this object existed (refused_at_accept).
         refusal = self.limits.admit(
             self.address, settings.max_unauthenticated, settings.max_unauthenticated_per_address
         )
