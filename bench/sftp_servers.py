@@ -310,6 +310,21 @@ class SftpClient:
         seconds = time.perf_counter() - start
         return SftpRun(seconds, done.returncode, done.stderr.decode(errors="replace").strip())
 
+    def output(self, user: str, port: int, batch: Path, timeout: float = 300) -> SftpRun:
+        """Like `run`, but `stderr` holds what the batch printed on stdout (its `!date`s)."""
+        start = time.perf_counter()
+        done = subprocess.run(
+            self.argv(user, port, batch),
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=timeout,
+        )
+        seconds = time.perf_counter() - start
+        text = done.stdout.decode(errors="replace")
+        if done.returncode != 0:
+            text += done.stderr.decode(errors="replace")
+        return SftpRun(seconds, done.returncode, text)
+
     def negotiated(self, user: str, port: int, batch: Path) -> str:
         """The cipher/MAC the client picked (from `-v`), to tell like from like."""
         done = subprocess.run(
