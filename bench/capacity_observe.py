@@ -153,20 +153,18 @@ class Sampler:
     def cpu(self) -> dict[str, float]:
         """Cumulative CPU seconds by kind (threads and children that ended keep their last)."""
         self.sample()
-        out = dict.fromkeys(KINDS, 0.0)
-        with self._lock:
-            for kind, cpu, _ in self._threads.values():
-                out[kind] += cpu
-            out["workers"] = sum(cpu for cpu, _ in self._children.values())
-        return out
+        return self._by_kind(waited=False)
 
     def waited(self) -> dict[str, float]:
         """Cumulative seconds runnable but not running (another process had the CPU), by kind."""
+        return self._by_kind(waited=True)
+
+    def _by_kind(self, *, waited: bool) -> dict[str, float]:
         out = dict.fromkeys(KINDS, 0.0)
         with self._lock:
-            for kind, _, wait in self._threads.values():
-                out[kind] += wait
-            out["workers"] = sum(wait for _, wait in self._children.values())
+            for kind, cpu, wait in self._threads.values():
+                out[kind] += wait if waited else cpu
+            out["workers"] = sum(w if waited else c for c, w in self._children.values())
         return out
 
     def window(self, start: float, end: float) -> tuple[float, int]:

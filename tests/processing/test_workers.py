@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +35,26 @@ def rows(status: str, n: int = 40) -> list[list[str]]:
         )
         for i in range(n)
     ]
+
+
+@contextlib.asynccontextmanager
+async def environment(
+    tmp_path: Path, **config_overrides: Any
+) -> AsyncIterator[tuple[Path, Config, Store, Runner]]:
+    """A config, its store (synced) and a runner; the store closed at the end."""
+    config_path = make_config(tmp_path, **config_overrides)
+    config = Config.from_toml(config_path)
+    store = await Store.open(database_path(config.server.data))
+    try:
+        await store.sync_config(config)
+        yield (
+            config_path,
+            config,
+            store,
+            Runner(config, store, StudentPasswords.from_data_dir(config.server.data)),
+        )
+    finally:
+        await store.close()
 
 
 async def test_runs_over_the_threshold_run_in_a_worker_process_in_order(tmp_path: Path) -> None:
@@ -72,38 +95,25 @@ async def test_runs_over_the_threshold_run_in_a_worker_process_in_order(tmp_path
     assert_invariant(config_path)
 
 
-async def test_small_runs_stay_in_process(tmp_path: Path) -> None:
-    config_path = make_config(tmp_path)
-    config = Config.from_toml(config_path)
-    store = await Store.open(database_path(config.server.data))
-    await store.sync_config(config)
-    runner = Runner(config, store, StudentPasswords.from_data_dir(config.server.data))
-    executor = RunExecutor(runner)  # default threshold: 4 MiB
-    try:
-        upload = write_csv(tmp_path / "small.csv", rows("A", 5))
-        spooled, size = spool_copy(upload, config.server.data, "springfield")
-        record = await store.enqueue_run(
-            UploadJob("springfield", spooled, size, utc_now(), "students.csv")
-        )
-        outcome = await executor(record)
-    finally:
-        executor.close()
-        await store.close()
-    assert outcome.result.added == 5
-    assert executor._pool is None  # no worker process was started
-
-
 async def test_small_runs_go_to_an_idle_worker_while_this_process_is_busy(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     """At 02:00 this process always has a run in progress; the next small runs then go
     to idle worker processes (each its own GIL), and commit exactly as in-process."""
-    config_path = make_config(tmp_path, districts=("springfield", "shelbyville"))
-    config = Config.from_toml(config_path)
+    async with environment(tmp_path, districts=("springfield", "shelbyville")) as env:
+        config_path, config, store, runner = env
+        await busy_workers_test(tmp_path, config, store, runner, caplog)
+    assert_invariant(config_path)
+
+
+async def busy_workers_test(
+    tmp_path: Path,
+    config: Config,
+    store: Store,
+    runner: Runner,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     data = config.server.data
-    store = await Store.open(database_path(data))
-    await store.sync_config(config)
-    runner = Runner(config, store, StudentPasswords.from_data_dir(data))
     finished: list[RunOutcome] = []
     executor = RunExecutor(runner, workers=1)  # default threshold: every file here is small
     queue = ProcessingQueue(
@@ -126,29 +136,24 @@ async def test_small_runs_go_to_an_idle_worker_while_this_process_is_busy(
         queue._slots.release()
         await queue.stop()
         executor.close()
-        await store.close()
     assert [o.record.district_id for o in finished] == ["springfield", "shelbyville"]
     assert [(o.result.state, o.result.rows) for o in finished] == [("done", 5)] * 2
     sent = [r.getMessage() for r in caplog.records if "goes to a worker" in r.getMessage()]
     assert [m.split()[1] for m in sent] == ["springfield", "shelbyville"]
-    assert_invariant(config_path)
 
 
 async def test_a_small_run_alone_stays_in_this_process(tmp_path: Path) -> None:
-    config_path = make_config(tmp_path)
-    config = Config.from_toml(config_path)
-    store = await Store.open(database_path(config.server.data))
-    await store.sync_config(config)
-    runner = Runner(config, store, StudentPasswords.from_data_dir(config.server.data))
-    executor = RunExecutor(runner)
-    queue = ProcessingQueue(runner, store, execute=executor)
-    try:
-        upload = write_csv(tmp_path / "small.csv", rows("A", 5))
-        spooled, size = spool_copy(upload, config.server.data, "springfield")
-        await queue.submit(UploadJob("springfield", spooled, size, utc_now(), "students.csv"))
-        await queue.wait_idle()
-        assert executor._pool is None  # no worker process was started
-    finally:
-        await queue.stop()
-        executor.close()
-        await store.close()
+    async with environment(tmp_path) as (_, config, store, runner):
+        finished: list[RunOutcome] = []
+        executor = RunExecutor(runner)  # default threshold: 4 MiB
+        queue = ProcessingQueue(runner, store, execute=executor, on_finished=finished.append)
+        try:
+            upload = write_csv(tmp_path / "small.csv", rows("A", 5))
+            spooled, size = spool_copy(upload, config.server.data, "springfield")
+            await queue.submit(UploadJob("springfield", spooled, size, utc_now(), "students.csv"))
+            await queue.wait_idle()
+            assert executor._pool is None  # no worker process was started
+        finally:
+            await queue.stop()
+            executor.close()
+    assert [o.result.added for o in finished] == [5]
