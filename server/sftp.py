@@ -44,6 +44,7 @@ from processing.log_context import bind
 from server import jail
 from server.backpressure import ReplyBacklog
 from server.jail import JailError, PathKind
+from server.listing import folder_names, local_attrs
 from server.quotas import READ_MAX, LimitReached, RefusalLog, SessionHandles
 from server.staging import already_exists
 from server.uploads import (
@@ -56,7 +57,6 @@ from server.uploads import (
 log = logging.getLogger("eams.sftp")
 
 EXPLICIT_CLOSE_CALLER = "_process_close"
-HIDDEN_PREFIX = b".eams-"
 READ_ONLY = "this file was opened for reading: open it for writing to change it"
 
 
@@ -225,8 +225,8 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
     def fstat(self, file_obj: object) -> Any:
         if isinstance(file_obj, StagedUpload | TempUpload):
             file_obj.file.flush()
-            return asyncssh.SFTPAttrs.from_local(os.fstat(file_obj.file.fileno()))
-        return super().fstat(file_obj)
+            return local_attrs(os.fstat(file_obj.file.fileno()), self.district_id)
+        return local_attrs(os.fstat(_fileno(file_obj)), self.district_id)
 
     def fsetstat(self, file_obj: object, attrs: SFTPAttrs) -> None:
         if isinstance(file_obj, StagedUpload | TempUpload):
@@ -278,27 +278,13 @@ class DistrictSFTPServer(asyncssh.SFTPServer):
             self.handles.check()
         except LimitReached as exc:
             raise self._refused("opendir", path, asyncssh.SFTPFailure(str(exc))) from None
-        return self.handles.folder(self._names(path))
+        return self.handles.folder(folder_names(self.map_path(path), self.district_id))
 
-    async def _names(self, path: bytes) -> AsyncIterator[SFTPName]:
-        """asyncssh's listing, but hidden staging/temp names are skipped before they
-        are stat'ed, and a file that vanishes between listing and stat (a result
-        file being written) is left out instead of failing the whole listing
-        (bench/load.py saw that as a "No such file" for a district polling results/)."""
-        real = self.map_path(path)
-        here = SFTPAttrs.from_local(os.stat(real))
-        for name in (b".", b".."):  # ".." of a folder shown as itself: never outside
-            yield SFTPName(name, attrs=here)
-        with os.scandir(real) as entries:
-            for entry in entries:
-                name = os.fsencode(entry.name)
-                if name.startswith(HIDDEN_PREFIX):
-                    continue
-                try:
-                    stat = entry.stat(follow_symlinks=False)
-                except FileNotFoundError:
-                    continue
-                yield SFTPName(name, attrs=SFTPAttrs.from_local(stat))
+    def stat(self, path: bytes) -> SFTPAttrs:
+        return local_attrs(os.stat(self.map_path(path)), self.district_id)
+
+    def lstat(self, path: bytes) -> SFTPAttrs:
+        return local_attrs(os.lstat(self.map_path(path)), self.district_id)
 
     def remove(self, path: bytes) -> None:
         """Removes the entry named, never what a link there points at: the rules are

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from tests.conftest import ServerHandle
+from tests.conftest import SPR, ServerHandle
 
 
 async def test_listing_survives_files_vanishing_mid_listing(start_server: Any) -> None:
@@ -35,3 +35,25 @@ async def test_listing_survives_files_vanishing_mid_listing(start_server: Any) -
     finally:
         stop.set()
         writer.join()
+
+
+async def test_every_file_is_shown_as_the_districts_and_no_server_account_shows(
+    start_server: Any,
+) -> None:
+    """Listings and stats name the district as owner and group (no passwd lookups on the
+    event loop, and the server's own account names stay private)."""
+    server: ServerHandle = await start_server()
+    (server.home() / "results" / "r.result.txt").write_text("done\n")
+    district = SPR
+    async with server.connect() as conn, conn.start_sftp_client() as sftp:
+        entries = {e.filename: e for e in await sftp.readdir("/results")}
+        longname = str(entries["r.result.txt"].longname)
+        assert f" {district} {district} " in longname, longname
+        assert longname.startswith("-") and " 5 " in longname  # a file of 5 bytes
+        assert entries["."].longname.startswith("d")
+        for attrs in (await sftp.stat("/results/r.result.txt"), await sftp.lstat("/results")):
+            assert attrs.permissions is not None and attrs.size is not None
+        async with sftp.open("/results/r.result.txt") as handle:
+            assert (await handle.stat()).size == 5
+    listed = longname + "".join(str(e.longname) for e in entries.values())
+    assert "root" not in listed
