@@ -48,6 +48,12 @@ log = logging.getLogger("eams.server")
 KEEPALIVE_SECONDS = 15  # a dead client is noticed after 4 unanswered keepalives
 KEEPALIVE_COUNT = 4
 LOGIN_TIMEOUT = 60
+SSH_WINDOW = 2 * 1024 * 1024  # unread bytes a channel may hold (asyncssh's and OpenSSH's default)
+# Packets up to 256 KiB: OpenSSH's sftp writes 255 KiB at once when the server's
+# limits@openssh.com allows it; in 32 KiB packets (asyncssh's default) each write
+# was 8 packets, each decrypted and handled in Python. A warm 100 MB put inside one
+# session: median 0.530 s before, 0.464 s after (bench/sftp.py, 7 reps each).
+SSH_MAX_PACKET = 256 * 1024
 IDLE_TIMEOUT = 30 * 60  # an SFTP session that makes no request for this long is closed
 HOUSEKEEPING_SECONDS = 3600
 STALE_CHECK_SECONDS = 300
@@ -202,6 +208,8 @@ class EamsServer:
                 agent_forwarding=False,
                 x11_forwarding=False,
                 allow_pty=False,
+                window=SSH_WINDOW,
+                max_pktsize=SSH_MAX_PACKET,
                 keepalive_interval=KEEPALIVE_SECONDS,
                 keepalive_count_max=KEEPALIVE_COUNT,
                 login_timeout=LOGIN_TIMEOUT,
