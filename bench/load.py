@@ -659,6 +659,9 @@ def main() -> int:
     parser.add_argument("--skip-phase1", action="store_true")
     parser.add_argument("--skip-phase2", action="store_true")
     parser.add_argument("--keep", action="store_true", help="keep the temp dir")
+    parser.add_argument(
+        "--eams", type=Path, default=None, help="the eams executable (default .venv/bin/eams)"
+    )
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="eams-bench-load-"))
@@ -668,7 +671,7 @@ def main() -> int:
     try:
         key_path = tmp / "client_ed25519"
         public_key = generate_key(key_path, "eams-load")
-        eams = EamsProcess(tmp / "eams", public_key, DISTRICTS, passwords=passwords())
+        eams = EamsProcess(tmp / "eams", public_key, DISTRICTS, args.eams, passwords=passwords())
         big = tmp / "big.csv"
         if not args.skip_phase2:
             progress(f"writing the {args.big_rows:,}-row file")

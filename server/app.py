@@ -13,16 +13,14 @@ import asyncio
 import contextlib
 import errno
 import logging
-import os
 import time
 import weakref
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 
 import asyncssh
 
 from processing.config import Config, ConfigError
-from processing.model import TEMPLATE_HEADER, utc_now
+from processing.model import utc_now
 from processing.passwords import StudentPasswords
 from processing.run_executor import RunExecutor
 from processing.run_queue import ProcessingQueue
@@ -36,39 +34,21 @@ from server.admission import AdmissionGate
 from server.algorithms import host_key_pairs, server_options
 from server.ftp_refusal import start_ftp_refusal
 from server.hostkeys import ensure_host_keys, fingerprints
+from server.housekeeping import prepare_home
 from server.logins import DistrictSSHServer, LoginLimits, refused_at_accept
 from server.metrics import LiveFacts, Metrics
 from server.sftp import DistrictSFTPServer
+from server.ssh_listener import session_options
 from server.uploads import Uploads, sweep
 from server.web.app import WebConsole, peer_address
 from server.web.operations import Operations
 
 log = logging.getLogger("eams.server")
 
-KEEPALIVE_SECONDS = 15  # a dead client is noticed after 4 unanswered keepalives
-KEEPALIVE_COUNT = 4
-LOGIN_TIMEOUT = 60
-SSH_WINDOW = 2 * 1024 * 1024  # unread bytes a channel may hold (asyncssh's and OpenSSH's default)
-# Packets up to 256 KiB: OpenSSH's sftp writes 255 KiB at once when the server's
-# limits@openssh.com allows it; in 32 KiB packets (asyncssh's default) each write
-# was 8 packets, each decrypted and handled in Python. A warm 100 MB put inside one
-# session: median 0.530 s before, 0.464 s after (bench/sftp.py, 7 reps each).
-SSH_MAX_PACKET = 256 * 1024
 IDLE_TIMEOUT = 30 * 60  # an SFTP session that makes no request for this long is closed
 HOUSEKEEPING_SECONDS = 3600
 STALE_CHECK_SECONDS = 300
 SENDER_STOP_SECONDS = 30  # at most this long for an email being handed to the mail server
-
-
-def prepare_home(home: Path) -> None:
-    """Create a district's folder (SPEC §3): template, check/, results/."""
-    for folder in (home, home / "check", home / "results"):
-        folder.mkdir(parents=True, exist_ok=True)
-    template = home / "students_template.csv"
-    if not template.exists() or template.read_text(encoding="utf-8").strip() != TEMPLATE_HEADER:
-        template.unlink(missing_ok=True)
-        template.write_text(TEMPLATE_HEADER + "\r\n", encoding="utf-8")
-    os.chmod(template, 0o444)
 
 
 class EamsServer:
@@ -203,16 +183,8 @@ class EamsServer:
                 tunnel=AdmissionGate(lambda peer: refused_at_accept(self, peer)),
                 server_host_keys=host_key_pairs(host_keys),
                 **server_options(),
+                **session_options(),
                 sftp_factory=self._sftp_session,
-                allow_scp=False,
-                agent_forwarding=False,
-                x11_forwarding=False,
-                allow_pty=False,
-                window=SSH_WINDOW,
-                max_pktsize=SSH_MAX_PACKET,
-                keepalive_interval=KEEPALIVE_SECONDS,
-                keepalive_count_max=KEEPALIVE_COUNT,
-                login_timeout=LOGIN_TIMEOUT,
                 reuse_address=True,
             )
         except OSError as exc:

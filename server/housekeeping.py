@@ -1,4 +1,5 @@
-"""What uploads leave behind in the homes, and when it goes (SPEC §3, §3.2).
+"""The districts' homes: made ready at start and on reload (`prepare_home`), and what
+uploads leave behind in them, and when it goes (SPEC §3, §3.2).
 
 - Every hour (`sweep`): client temporary uploads and staging files older than a
   day, result files past `results_retention_days`.
@@ -10,13 +11,26 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
+from processing.model import TEMPLATE_HEADER
 from server.jail import is_temp_name
 from server.quotas import STAGING_PREFIX
 
 TEMP_MAX_AGE = 24 * 3600
+
+
+def prepare_home(home: Path) -> None:
+    """Create a district's folder (SPEC §3): template, check/, results/."""
+    for folder in (home, home / "check", home / "results"):
+        folder.mkdir(parents=True, exist_ok=True)
+    template = home / "students_template.csv"
+    if not template.exists() or template.read_text(encoding="utf-8").strip() != TEMPLATE_HEADER:
+        template.unlink(missing_ok=True)
+        template.write_text(TEMPLATE_HEADER + "\r\n", encoding="utf-8")
+    os.chmod(template, 0o444)
 
 
 def sweep(home: Path, *, results_days: float, now: float | None = None) -> list[Path]:

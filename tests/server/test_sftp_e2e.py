@@ -26,7 +26,7 @@ from typing import Any
 import asyncssh
 import pytest
 
-import server.app
+import server.ssh_listener
 from processing.model import RunRecord
 from processing.store import Store
 from server import jail
@@ -631,8 +631,8 @@ class FreezableProxy:
 async def test_half_open_client_is_dropped_by_keepalive(
     start_server: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(server.app, "KEEPALIVE_SECONDS", 0.2)
-    window = server.app.KEEPALIVE_SECONDS * server.app.KEEPALIVE_COUNT
+    monkeypatch.setattr(server.ssh_listener, "KEEPALIVE_SECONDS", 0.2)
+    window = server.ssh_listener.KEEPALIVE_SECONDS * server.ssh_listener.KEEPALIVE_COUNT
     handle: ServerHandle = await start_server()
     proxy = FreezableProxy(handle.port)
     proxy_port = await proxy.start()
