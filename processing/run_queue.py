@@ -51,7 +51,7 @@ log = logging.getLogger("eams.queue")
 INTAKE_WAIT = 0.5  # seconds a CLOSE waits for its run record before it is answered anyway
 RECORD_RETRY_FIRST = 0.5  # a run record that could not be written is tried again after this
 RECORD_RETRY_MAX = 30.0  # ... doubling up to this
-SMALL_PARALLEL = 4  # in-process runs at once (bench/capacity.py: 2, 4 and 8 measured)
+SMALL_PARALLEL = 2  # in-process runs at once, besides the workers (bench/load.py: 2 beat 4)
 SIZE_HANDICAP = 20_000  # bytes a waiting run's file adds one second to its arrival
 
 

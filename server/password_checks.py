@@ -2,9 +2,9 @@
 
 At 02:00 every district signs in within a minute (bench/capacity.py). In the
 default thread pool, which also completes uploads and reads, decides and
-writes runs, password logins filled it: processing waited behind them, and
-six threads hashing took both cores from the event loop. Here hashing takes
-at most `threads` cores and queues only behind itself (docs/capacity.md).
+writes runs, password logins filled it: processing waited behind them. Here
+hashing takes at most `threads` threads and queues only behind itself
+(docs/capacity.md).
 
 Checks wait in order of their address's failed logins, then of arrival, so an
 address guessing passwords (failures 1-4 before its ban) waits behind every
@@ -24,8 +24,11 @@ from processing.priority_slots import PrioritySlots
 
 T = TypeVar("T")
 
-# Half the cores (1 of 2) hash passwords at most; the others keep serving SFTP and runs.
-LOGIN_THREADS = max(1, (os.cpu_count() or 2) // 2)
+# One thread per core. Half the cores (one of two) made 40 password sign-ins at
+# once wait up to 2 s at 200 districts and 43 s at 2,000 (bench/capacity.py),
+# close to the 60 s login grace; the pool is still apart from the default one,
+# so processing never waits for a thread behind the hashing.
+LOGIN_THREADS = os.cpu_count() or 2
 
 
 class PasswordChecks:
