@@ -288,7 +288,13 @@ def test_every_markdown_link_points_into_the_repository() -> None:
 
 def test_readme_links_into_docs() -> None:
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    for doc in ("district-guide.md", "operator-guide.md", "config.md", "result.schema.json"):
+    for doc in (
+        "district-guide.md",
+        "operator-guide.md",
+        "config.md",
+        "result.schema.json",
+        "capacity.md",
+    ):
         assert f"(docs/{doc})" in readme, doc
     assert "(CHANGELOG.md)" in readme
 
