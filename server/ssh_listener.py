@@ -14,10 +14,11 @@ KEEPALIVE_SECONDS = 15.0
 KEEPALIVE_COUNT = 4
 LOGIN_TIMEOUT = 60
 SSH_WINDOW = 2 * 1024 * 1024  # unread bytes a channel may hold (asyncssh's and OpenSSH's default)
-# Packets up to 256 KiB: OpenSSH's sftp writes 255 KiB at once when the server's
-# limits@openssh.com allows it; in 32 KiB packets (asyncssh's default) each write
-# was 8 packets, each decrypted and handled in Python. A warm 100 MB put inside one
-# session: median 0.530 s before, 0.464 s after (bench/sftp.py, 7 reps each).
+# Packets up to 256 KiB: an SFTP WRITE of 32 KiB (OpenSSH's sftp) is a little more
+# than asyncssh's default 32 KiB packet, so each came in two packets, each decrypted
+# and handled in Python; larger writes (asyncssh, paramiko) in more. A warm 100 MB
+# put inside one session: median 0.530 s before, 0.464 s after in one pair of runs
+# (bench/sftp.py, 7 reps each); a later pair showed no difference beyond noise.
 SSH_MAX_PACKET = 256 * 1024
 
 
