@@ -61,7 +61,7 @@ class RunExecutor:
     async def __call__(self, record: RunRecord, *, in_worker: bool | None = None) -> RunOutcome:
         """Run `record`: in a worker process if `in_worker`, or (None) if its file is big."""
         if in_worker is None:
-            in_worker = _size(record) >= self.big_run_bytes
+            in_worker = spool_size(record) >= self.big_run_bytes
         if not in_worker:
             return await self.runner.run(record)
         if self._pool is None:  # started on the first big run only
@@ -84,7 +84,8 @@ class RunExecutor:
             self._pool = None
 
 
-def _size(record: RunRecord) -> int:
+def spool_size(record: RunRecord) -> int:
+    """The size of a run's file: what decides where it runs (and its lane in the queue)."""
     try:
         return os.path.getsize(record.spool_path) if record.spool_path else 0
     except OSError:
@@ -152,10 +153,5 @@ def end_with(server: int) -> None:
 
 def run_in_worker(config: Config, record: RunRecord) -> RunOutcome:
     """Entry point in the worker process: one run, on the worker's own connection."""
-    if _worker is None:  # not started by the pool (a direct call)
-        worker = _Worker(config.server.data)
-        try:
-            return worker.run(config, record)
-        finally:
-            worker.close()
+    assert _worker is not None, "runs only in a worker the pool started (_init_worker)"
     return _worker.run(config, record)

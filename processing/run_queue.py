@@ -35,7 +35,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
 import sqlite3
 from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
@@ -43,6 +42,7 @@ from datetime import datetime, timedelta
 from processing.config import District
 from processing.model import RunRecord, UploadJob
 from processing.priority_slots import PrioritySlots
+from processing.run_executor import spool_size
 from processing.runner import Runner, RunOutcome
 from processing.store import Store
 
@@ -53,14 +53,6 @@ RECORD_RETRY_FIRST = 0.5  # a run record that could not be written is tried agai
 RECORD_RETRY_MAX = 30.0  # ... doubling up to this
 SMALL_PARALLEL = 2  # in-process runs at once, besides the workers (bench/load.py: 2 beat 4)
 SIZE_HANDICAP = 20_000  # bytes a waiting run's file adds one second to its arrival
-
-
-def _file_size(record: RunRecord) -> int:
-    """The run's file size, which decides its lane (the executor decides by it too)."""
-    try:
-        return os.path.getsize(record.spool_path) if record.spool_path else 0
-    except OSError:
-        return 0
 
 
 def nightly_due(at: tuple[int, int], received: datetime) -> datetime:
@@ -90,8 +82,9 @@ class ProcessingQueue:
         self.intake = intake  # a separate connection, so acknowledging is never slow
         # The executor's worker processes, when it has them (processing/run_executor.py).
         self._big_bytes: int | None = getattr(self.execute, "big_run_bytes", None)
-        self._workers_n: int = getattr(self.execute, "workers", 0) if self._big_bytes else 0
-        self._parallel = parallel
+        self._workers_n: int = (
+            getattr(self.execute, "workers", 0) if self._big_bytes is not None else 0
+        )
         self._slots = PrioritySlots(parallel + self._workers_n)  # small files
         self._big_slots = PrioritySlots(max(1, self._workers_n))  # files for the workers
         self._running_here = 0
@@ -246,7 +239,7 @@ class ProcessingQueue:
                             district.schedule,
                         )
                         await asyncio.sleep(delay)
-                size = _file_size(record)
+                size = spool_size(record)
                 big = self._big_bytes is not None and size >= self._big_bytes
                 lane = self._big_slots if big else self._slots
                 async with lane.slot(record.received_at.timestamp() + size / SIZE_HANDICAP):
