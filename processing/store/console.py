@@ -17,6 +17,7 @@ from attrs import frozen
 from processing.model import RunRecord, iso, parse_iso, utc_now
 from processing.store.connection import Connection, serialized
 from processing.store.runs import RUN_COLUMNS, run_record
+from processing.store.students import student_object
 
 # A student search matches a case-insensitive prefix of any of these (SQLite's lower()
 # folds ASCII letters only, like the NOCASE collation) ...
@@ -203,21 +204,7 @@ class ConsoleTable(Connection):
             rows = await self._search_in_order(sql, page, params, district_id)
             if rows is None:
                 rows = await self._search_by_index(params, by_district=district_id is not None)
-        return [
-            {
-                "district": r[0],
-                "student_id": r[1],
-                "school_code": r[2],
-                "first_name": r[3],
-                "last_name": r[4],
-                "grade": r[5],
-                "username": r[6],
-                "class_name": r[7],
-                "status": "active" if r[8] else "deactivated",
-                "order": r[9],
-            }
-            for r in rows
-        ]
+        return [{"district": r[0], **student_object(tuple(r)[1:])} for r in rows]
 
     async def _search_in_order(
         self, sql: str, page: str, params: dict[str, Any], district_id: str | None

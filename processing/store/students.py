@@ -11,7 +11,7 @@ never a lost update. The students table's column order lives here only.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from operator import itemgetter
 from typing import Any, cast
 
@@ -138,6 +138,22 @@ async def write_district(
     )
 
 
+def student_object(row: Sequence[Any]) -> dict[str, Any]:
+    """SPEC §7's student object from student_id, school_code, first_name, last_name,
+    grade, username, class_name, active, order_id in that order (never a password)."""
+    return {
+        "student_id": row[0],
+        "school_code": row[1],
+        "first_name": row[2],
+        "last_name": row[3],
+        "grade": row[4],
+        "username": row[5],
+        "class_name": row[6],
+        "status": "active" if row[7] else "deactivated",
+        "order": row[8],
+    }
+
+
 class StudentsTable(Connection):
     @serialized
     async def load_district(self, district_id: str) -> DistrictState:
@@ -260,20 +276,7 @@ class StudentsTable(Connection):
             "ORDER BY student_id",
             (district_id,),
         )
-        return [
-            {
-                "student_id": r[0],
-                "school_code": r[1],
-                "first_name": r[2],
-                "last_name": r[3],
-                "grade": r[4],
-                "username": r[5],
-                "class_name": r[6],
-                "status": "active" if r[7] else "deactivated",
-                "order": r[8],
-            }
-            for r in rows
-        ]
+        return [student_object(r) for r in rows]
 
     @serialized
     async def list_orders(self, district_id: str) -> list[dict[str, Any]]:

@@ -176,15 +176,8 @@ class Api:
         run_id, store = request.match_info["run"], self.web.store
         if not await store.find_runs(run_id, district_id):
             raise _error(404, "NOT_FOUND", f"no run {run_id}")
-        address = self.web.remote(request)
         try:
-            run = await held_runs.find_held(store, run_id, district_id)
-            if approve:
-                await held_runs.approve(
-                    self.web.runner, run, by=caller.who, address=address, execute=self.web.execute
-                )
-            else:
-                await held_runs.discard(store, run, by=caller.who, address=address)
+            await self.web.decide_held(request, run_id, district_id, approve=approve, by=caller.who)
         except held_runs.CannotDecide as exc:
             raise _error(409, "NOT_HELD", str(exc)) from None
         return web.json_response(console.run_object(await store.get_run(district_id, run_id)))

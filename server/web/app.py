@@ -21,6 +21,7 @@ from typing import Any
 import jinja2
 from aiohttp import web
 
+from processing import held_runs
 from processing.config import Config
 from processing.model import RunRecord
 from processing.runner import Runner, RunOutcome
@@ -168,6 +169,18 @@ class WebConsole:
 
     def remote(self, request: web.Request) -> str:
         return peer_address(request)
+
+    async def decide_held(
+        self, request: web.Request, run_id: str, district_id: str, *, approve: bool, by: str
+    ) -> None:
+        """Approve or discard a held run, for a page or the API (the server's queue
+        executes an approval); raises held_runs.CannotDecide with the reason."""
+        run = await held_runs.find_held(self.store, run_id, district_id)
+        address = self.remote(request)
+        if approve:
+            await held_runs.approve(self.runner, run, by=by, address=address, execute=self.execute)
+        else:
+            await held_runs.discard(self.store, run, by=by, address=address)
 
 
 def peer_address(request: web.Request) -> str:

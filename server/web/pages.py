@@ -241,17 +241,12 @@ class Pages:
     async def _decide(self, request: web.Request, *, approve: bool) -> web.StreamResponse:
         session, district_id = self._district_session(request)
         run_id = request.match_info["run"]
-        store, address = self.web.store, self.web.remote(request)
         try:
-            run = await held_runs.find_held(store, run_id, district_id)
-            if approve:
-                await held_runs.approve(
-                    self.web.runner, run, by=session.who, address=address, execute=self.web.execute
-                )
-            else:
-                await held_runs.discard(store, run, by=session.who, address=address)
+            await self.web.decide_held(
+                request, run_id, district_id, approve=approve, by=session.who
+            )
         except held_runs.CannotDecide as exc:
-            if not (await store.find_runs(run_id, district_id)):
+            if not (await self.web.store.find_runs(run_id, district_id)):
                 raise web.HTTPNotFound(text=NOT_FOUND) from None
             raise web.HTTPConflict(text=str(exc)) from None
         raise web.HTTPSeeOther(f"/districts/{district_id}/runs/{run_id}")

@@ -37,7 +37,6 @@ from tests.server.web_fixtures import (
     ROSTER,
     WebHandle,
     upload,
-    web_server,
 )
 
 WAIT_SECONDS = 15.0  # for any one thing to appear in the browser
@@ -256,14 +255,6 @@ async def quit_chromium(driver: webdriver.Chrome) -> None:
         # waiting on it fail instead of holding the event loop's threads.
         driver.service.process.kill()
         raise
-
-
-@pytest.fixture
-async def web(
-    tmp_path: Path, shared_host_keys: Path, client_key: tuple[Path, str]
-) -> AsyncIterator[WebHandle]:
-    async for handle in web_server(tmp_path, shared_host_keys, client_key):
-        yield handle
 
 
 @pytest.fixture
