@@ -44,6 +44,7 @@ from tests.conftest import (
     wait_for,
 )
 from tests.factories import numbered_roster
+from tests.server.test_limits_transport import login
 
 CLIENT_TIMEOUT = 30.0
 needs_openssh = pytest.mark.skipif(
@@ -794,15 +795,7 @@ async def test_kill_9_after_the_upload_is_acknowledged_loses_nothing(
     config_path = server_config(tmp_path, client_key[1], licenses=count + 10, district_keys=keys)
     proc, port = await serve_subprocess(config_path)
     async with (
-        asyncssh.connect(
-            "127.0.0.1",
-            port,
-            username=SPR,
-            password=SFTP_PASSWORD,
-            known_hosts=None,
-            client_keys=None,
-            agent_path=None,
-        ) as conn,
+        login(port) as conn,
         conn.start_sftp_client() as sftp,
     ):
         await put_bytes(sftp, "students.csv", numbered_roster(count))
